@@ -1,0 +1,2 @@
+//! Packet I/O below the workers.
+pub mod tun;
