@@ -1,3 +1,11 @@
 //! tun2socks daemon library: everything the `tun2socks` binary is made of,
 //! exposed so that integration tests can drive the parts directly.
+pub mod cli;
+pub mod daemon;
 pub mod device;
+pub mod steering;
+pub mod packet;
+pub mod proxy;
+pub mod worker;
+pub mod netns;
+pub mod setup;

@@ -1,0 +1,181 @@
+//! The command line: a contract that scripts and tests rely on.
+
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+use crate::proxy::ProxyUrl;
+
+pub const DEFAULT_FWMARK: u32 = 0x7432;
+pub const DEFAULT_RULE_PRIORITY: u32 = 5208;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tun2socks",
+    version,
+    about = "Relay every TCP flow of this host through a SOCKS5 proxy: per-core workers on an eBPF-steered multi-queue TUN",
+    after_help = "Examples:\n  \
+      tun2socks --proxy socks5://10.0.1.2:1080\n  \
+      tun2socks --proxy socks5://user:pass@[fd00:1::2]:1080 --route 10.0.0.0/8 --bypass 10.0.1.0/24\n  \
+      tun2socks --netns app --proxy socks5://proxy.lan:1080 --workers 2"
+)]
+pub struct Cli {
+    /// Upstream proxy: socks5://[USER:PASS@]HOST:PORT (HOST: IPv4, [IPv6] or a name, resolved at start).
+    #[arg(long, value_name = "URL")]
+    pub proxy: ProxyUrl,
+
+    /// The TUN device to create, or to adopt if it exists (made by `ip tuntap add mode tun multi_queue`).
+    #[arg(long, value_name = "tun://NAME", default_value = "tun://tun2socks0", value_parser = parse_device)]
+    pub device: String,
+
+    /// Worker threads, one TUN queue and one core each [default: online CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// Prefix sent into the tunnel (repeatable) [default: 0.0.0.0/0 and ::/0].
+    #[arg(long = "route", value_name = "CIDR")]
+    pub routes: Vec<IpNet>,
+
+    /// Prefix never sent into the tunnel, even inside a --route (repeatable).
+    #[arg(long = "bypass", value_name = "CIDR")]
+    pub bypass: Vec<IpNet>,
+
+    /// Address of the TUN device (repeatable) [default: 198.18.0.1/30 and fd74:3273::1/126].
+    #[arg(long = "address", value_name = "CIDR")]
+    pub addresses: Vec<IpNet>,
+
+    /// MTU of the TUN device. Larger means fewer packets per byte for the workers.
+    #[arg(long, value_name = "N", default_value_t = 9000, value_parser = clap::value_parser!(u32).range(1280..=65535))]
+    pub mtu: u32,
+
+    /// Firewall mark on upstream sockets; marked traffic never enters the tunnel. Decimal or 0x-hex.
+    #[arg(long, value_name = "N", default_value = "0x7432", value_parser = parse_u32)]
+    pub fwmark: u32,
+
+    /// Routing table for the tunnel's routes [default: same number as --fwmark].
+    #[arg(long, value_name = "N", value_parser = parse_u32)]
+    pub table: Option<u32>,
+
+    /// Priority of the first of our policy rules (we use it and the next two).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RULE_PRIORITY)]
+    pub rule_priority: u32,
+
+    /// Do everything inside this network namespace (as named by `ip netns`).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+
+    /// Seconds to wait for the proxy to connect a flow before the application gets a reset.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub connect_timeout: f64,
+
+    /// Per-connection socket buffer in each direction, in bytes (the TCP window towards the application).
+    #[arg(long, value_name = "BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(4096..=16_777_216))]
+    pub tcp_buffer: u32,
+
+    /// Connection requests per worker waiting for their upstream; more are dropped (the client retries).
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_half_open: usize,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Cli {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.connect_timeout)
+    }
+
+    pub fn table(&self) -> u32 {
+        self.table.unwrap_or(self.fwmark)
+    }
+
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+fn parse_device(s: &str) -> Result<String, String> {
+    let name = s.strip_prefix("tun://").ok_or_else(|| format!("{s:?}: expected tun://NAME"))?;
+    crate::device::tun::validate_name(name).map_err(|e| e.to_string())?;
+    Ok(name.to_string())
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?} is not a 32-bit number (decimal or 0x-hex)"))
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 3600")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tun2socks").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&["--proxy", "socks5://10.0.1.2:1080"]).unwrap();
+        assert_eq!(cli.device, "tun2socks0");
+        assert_eq!(cli.fwmark, DEFAULT_FWMARK);
+        assert_eq!(cli.table(), DEFAULT_FWMARK);
+        assert!(cli.routes.is_empty());
+        assert!(cli.workers() >= 1);
+    }
+
+    #[test]
+    fn full_contract() {
+        let cli = parse(&[
+            "--proxy",
+            "socks5://u:p@[fd00:1::2]:1080",
+            "--device",
+            "tun://t0",
+            "--workers",
+            "2",
+            "--route",
+            "10.0.0.0/8",
+            "--route",
+            "fd00::/16",
+            "--bypass",
+            "10.0.1.0/24",
+            "--address",
+            "198.18.0.1/30",
+            "--mtu",
+            "1500",
+            "--fwmark",
+            "0x100",
+            "--netns",
+            "app",
+        ])
+        .unwrap();
+        assert_eq!((cli.device.as_str(), cli.workers(), cli.mtu, cli.fwmark), ("t0", 2, 1500, 256));
+        assert_eq!(cli.routes.len(), 2);
+        assert_eq!(cli.netns.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(parse(&["--proxy", "http://x:1"]).is_err());
+        assert!(parse(&["--proxy", "socks5://x:1", "--device", "tap://x"]).is_err());
+        assert!(parse(&["--proxy", "socks5://x:1", "--device", "tun://way-too-long-name0"]).is_err());
+        assert!(parse(&["--proxy", "socks5://x:1", "--route", "10.0.0.0/33"]).is_err());
+        assert!(parse(&["--proxy", "socks5://x:1", "--workers", "0"]).is_err());
+        assert!(parse(&["--proxy", "socks5://x:1", "--mtu", "100"]).is_err());
+        assert!(parse(&["--proxy", "socks5://x:1", "--fwmark", "0xzz"]).is_err());
+    }
+}

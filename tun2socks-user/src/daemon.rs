@@ -1,0 +1,230 @@
+//! The daemon's control thread: check the environment, open the device,
+//! attach steering, configure the network, start the workers, wait for a
+//! signal, and undo everything on the way out.
+
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ipnet::IpNet;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::cli::Cli;
+use crate::device::tun::{self, TunError, TunQueue};
+use crate::proxy::Upstream;
+use crate::setup::{self, ExistingDevice, SetupPlan};
+use crate::worker::{self, StackConfig, WorkerConfig, WorkerStats};
+use crate::{netns, steering};
+
+/// How long the start-up check waits for the proxy to accept a connection.
+const PROXY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the control thread looks for workers that died.
+const WORKER_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(ns) = &cli.netns {
+        // Before any thread exists: threads inherit the namespace.
+        netns::enter(ns).with_context(|| format!("entering network namespace {ns:?}"))?;
+    }
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the control runtime")?;
+    control.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    // Registered first, so a signal during setup still leads to a clean undo.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let upstream = upstream(&cli).await?;
+    check_device(&cli.device).await?;
+    let workers = cli.workers();
+    let queues = tun::open_queues(&cli.device, workers).map_err(explain_tun_error)?;
+    // Keeps the device (and its queue 0) alive until the network setup is
+    // undone, even after the workers closed their queues.
+    let keepalive: OwnedFd = queues[0].as_fd().try_clone_to_owned().context("duplicating a TUN queue fd")?;
+    let _steering = match steering::attach(queues[0].as_fd()) {
+        Ok(steering) => Some(steering),
+        Err(e) => {
+            warn!(error = %e, "flow steering unavailable: running on the kernel's own queue choice, \
+                   so a flow may change workers on a retransmission timeout");
+            None
+        }
+    };
+
+    let plan = plan(&cli);
+    let applied = setup::apply(&plan).await.context("configuring the network")?;
+    let result = run_workers(&cli, upstream, queues, &mut sigterm, &mut sigint).await;
+    if let Err(e) = applied.undo().await {
+        error!(error = %e, "undoing the network setup was incomplete");
+    }
+    drop(keepalive);
+    result
+}
+
+async fn upstream(cli: &Cli) -> anyhow::Result<Upstream> {
+    // Resolved once, now, before any route points into the tunnel.
+    let proxy = cli.proxy.resolve().with_context(|| format!("resolving the proxy host {:?}", cli.proxy.host))?;
+    let upstream = Upstream {
+        proxy,
+        credentials: cli.proxy.credentials.clone(),
+        fwmark: cli.fwmark,
+        connect_timeout: cli.connect_timeout(),
+    };
+    match tokio::time::timeout(PROXY_CHECK_TIMEOUT, upstream.connect_proxy()).await {
+        Ok(Ok(_)) => Ok(upstream),
+        Ok(Err(e)) => Err(e).with_context(|| format!("proxy {} is unreachable", cli.proxy.redacted())),
+        Err(_) => bail!("proxy {} is unreachable: no answer within {PROXY_CHECK_TIMEOUT:?}", cli.proxy.redacted()),
+    }
+}
+
+async fn check_device(name: &str) -> anyhow::Result<()> {
+    match setup::inspect_device(name).await.context("inspecting the device")? {
+        ExistingDevice::Absent => Ok(()),
+        ExistingDevice::Tun { multi_queue: true, persistent, .. } => {
+            info!(device = name, persistent, "adopting an existing multi-queue TUN device");
+            Ok(())
+        }
+        ExistingDevice::Tun { multi_queue: false, .. } => bail!(
+            "device {name} is a single-queue TUN device; recreate it with \
+             `ip tuntap add mode tun multi_queue name {name}` or choose another --device"
+        ),
+        ExistingDevice::Other { kind } => bail!(
+            "device name {name} is taken by a {} link, not a TUN device; choose another --device",
+            kind.as_deref().unwrap_or("non-TUN")
+        ),
+    }
+}
+
+fn explain_tun_error(e: TunError) -> anyhow::Error {
+    let denied = match &e {
+        TunError::OpenControl(io) | TunError::SetIff { source: io, .. } => {
+            io.raw_os_error() == Some(libc::EPERM) || io.raw_os_error() == Some(libc::EACCES)
+        }
+        TunError::BadName(_) => false,
+    };
+    if denied {
+        anyhow::Error::new(e).context("creating the TUN device needs CAP_NET_ADMIN (run as root or grant the capability)")
+    } else {
+        anyhow::Error::new(e).context("opening the TUN device")
+    }
+}
+
+fn default_addresses() -> Vec<IpNet> {
+    let mut addrs = vec!["198.18.0.1/30".parse().expect("valid default")];
+    if ipv6_enabled() {
+        addrs.push("fd74:3273::1/126".parse().expect("valid default"));
+    }
+    addrs
+}
+
+fn ipv6_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6").is_ok_and(|v| v.trim() == "0")
+}
+
+fn plan(cli: &Cli) -> SetupPlan {
+    let addresses = if cli.addresses.is_empty() { default_addresses() } else { cli.addresses.clone() };
+    let routes = if cli.routes.is_empty() {
+        let mut routes = vec![IpNet::new(IpAddr::from([0u8; 4]), 0).expect("valid")];
+        if ipv6_enabled() {
+            routes.push(IpNet::new(IpAddr::from([0u8; 16]), 0).expect("valid"));
+        }
+        routes
+    } else {
+        cli.routes.clone()
+    };
+    SetupPlan {
+        device: cli.device.clone(),
+        mtu: cli.mtu,
+        addresses,
+        routes,
+        bypass: cli.bypass.clone(),
+        fwmark: cli.fwmark,
+        table: cli.table(),
+        rule_priority: cli.rule_priority,
+    }
+}
+
+async fn run_workers(
+    cli: &Cli,
+    upstream: Upstream,
+    queues: Vec<TunQueue>,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = watch::channel(false);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let stack = StackConfig {
+        mtu: cli.mtu as usize,
+        tcp_rx_buffer: cli.tcp_buffer as usize,
+        tcp_tx_buffer: cli.tcp_buffer as usize,
+        max_half_open: cli.max_half_open,
+    };
+    let workers = queues.len();
+    let mut handles: Vec<JoinHandle<anyhow::Result<WorkerStats>>> = Vec::with_capacity(workers);
+    for (index, queue) in queues.into_iter().enumerate() {
+        let config = WorkerConfig { index, cpu: Some(index % cpus), stack: stack.clone(), upstream: upstream.clone() };
+        match worker::spawn(config, queue, stopped.clone()) {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                let _ = stop.send(true);
+                join(handles);
+                return Err(e).context("starting a worker thread");
+            }
+        }
+    }
+    info!(device = %cli.device, workers, proxy = %cli.proxy.redacted(), "tun2socks ready");
+
+    let mut ticker = tokio::time::interval(WORKER_CHECK_INTERVAL);
+    let outcome = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break Ok("SIGTERM"),
+            _ = sigint.recv() => break Ok("SIGINT"),
+            _ = ticker.tick() => {
+                if handles.iter().any(|h| h.is_finished()) {
+                    break Err(anyhow::anyhow!("a worker stopped unexpectedly"));
+                }
+            }
+        }
+    };
+    if let Ok(signal) = &outcome {
+        info!(signal, "shutting down");
+    }
+    let _ = stop.send(true);
+    let failures = join(handles);
+    outcome?;
+    if failures > 0 {
+        bail!("{failures} worker(s) failed");
+    }
+    Ok(())
+}
+
+/// Waits for every worker, logs its counters, and counts the failed ones.
+fn join(handles: Vec<JoinHandle<anyhow::Result<WorkerStats>>>) -> usize {
+    let mut total = WorkerStats::default();
+    let mut failures = 0;
+    for (index, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(stats)) => {
+                info!("worker finished worker={index} {stats}");
+                total.add(&stats);
+            }
+            Ok(Err(e)) => {
+                error!(worker = index, error = %format!("{e:#}"), "worker failed");
+                failures += 1;
+            }
+            Err(_) => {
+                error!(worker = index, "worker panicked");
+                failures += 1;
+            }
+        }
+    }
+    info!("totals {total}");
+    failures
+}

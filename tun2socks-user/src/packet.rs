@@ -1,0 +1,173 @@
+//! Just enough header parsing to route a packet inside a worker: which
+//! protocol, which flow, and for TCP the flags that decide whether it may
+//! open a session. smoltcp does the full (checked) parse afterwards.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// A flow as the application sees it: its own endpoint and the destination
+/// it asked for (which becomes the smoltcp socket's local endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client: SocketAddr,
+    pub dest: SocketAddr,
+}
+
+impl std::fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {}", self.client, self.dest)
+    }
+}
+
+/// TCP control bits that matter before a session exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpFlags(u8);
+
+impl TcpFlags {
+    pub fn syn(self) -> bool {
+        self.0 & TCP_SYN != 0
+    }
+    pub fn ack(self) -> bool {
+        self.0 & TCP_ACK != 0
+    }
+    pub fn rst(self) -> bool {
+        self.0 & TCP_RST != 0
+    }
+    pub fn fin(self) -> bool {
+        self.0 & TCP_FIN != 0
+    }
+    /// A connection request: SYN without ACK (and without RST).
+    pub fn is_connection_request(self) -> bool {
+        self.syn() && !self.ack() && !self.rst()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classified {
+    Tcp { key: FlowKey, flags: TcpFlags },
+    Udp { key: FlowKey },
+    /// IP, but nothing we terminate (ICMP, fragments, extension headers...).
+    Other,
+    /// Too short or inconsistent to be an IP packet.
+    Malformed,
+}
+
+/// Classifies one IP packet read from the device.
+pub fn classify(packet: &[u8]) -> Classified {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => classify_v4(packet),
+        Some(6) => classify_v6(packet),
+        _ => Classified::Malformed,
+    }
+}
+
+fn classify_v4(p: &[u8]) -> Classified {
+    if p.len() < 20 {
+        return Classified::Malformed;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    if ihl < 20 || total < ihl || total > p.len() {
+        return Classified::Malformed;
+    }
+    let frag = u16::from_be_bytes([p[6], p[7]]);
+    let more_fragments = frag & 0x2000 != 0;
+    if more_fragments || frag & 0x1fff != 0 {
+        return Classified::Other;
+    }
+    let src = IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15]));
+    let dst = IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19]));
+    transport(p[9], src, dst, &p[ihl..total])
+}
+
+fn classify_v6(p: &[u8]) -> Classified {
+    if p.len() < 40 {
+        return Classified::Malformed;
+    }
+    let payload_len = usize::from(u16::from_be_bytes([p[4], p[5]]));
+    if 40 + payload_len > p.len() {
+        return Classified::Malformed;
+    }
+    let addr = |at: usize| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&p[at..at + 16]);
+        IpAddr::V6(Ipv6Addr::from(a))
+    };
+    transport(p[6], addr(8), addr(24), &p[40..40 + payload_len])
+}
+
+fn transport(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8]) -> Classified {
+    let min_len = match proto {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        _ => return Classified::Other,
+    };
+    if l4.len() < min_len {
+        return Classified::Malformed;
+    }
+    let sport = u16::from_be_bytes([l4[0], l4[1]]);
+    let dport = u16::from_be_bytes([l4[2], l4[3]]);
+    let key = FlowKey { client: SocketAddr::new(src, sport), dest: SocketAddr::new(dst, dport) };
+    if proto == PROTO_TCP { Classified::Tcp { key, flags: TcpFlags(l4[13]) } } else { Classified::Udp { key } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 40-byte IPv4+TCP SYN from 10.0.1.1:40000 to 10.0.2.2:80.
+    fn syn_v4() -> Vec<u8> {
+        let mut p = vec![
+            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 1, 1, 10, 0, 2, 2, // IPv4
+            0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, TCP_SYN, 0xff, 0xff, 0, 0, 0, 0, // TCP
+        ];
+        p.truncate(40);
+        p
+    }
+
+    #[test]
+    fn classifies_ipv4_syn() {
+        let Classified::Tcp { key, flags } = classify(&syn_v4()) else { panic!("not tcp") };
+        assert_eq!(key.client, "10.0.1.1:40000".parse().unwrap());
+        assert_eq!(key.dest, "10.0.2.2:80".parse().unwrap());
+        assert!(flags.is_connection_request());
+    }
+
+    #[test]
+    fn rejects_truncated_and_inconsistent_headers() {
+        let p = syn_v4();
+        assert_eq!(classify(&p[..19]), Classified::Malformed);
+        assert_eq!(classify(&p[..30]), Classified::Malformed); // total length says 40
+        assert_eq!(classify(&[]), Classified::Malformed);
+        let mut bad_ihl = p.clone();
+        bad_ihl[0] = 0x44;
+        assert_eq!(classify(&bad_ihl), Classified::Malformed);
+        let mut short_tcp = p.clone();
+        short_tcp[3] = 30;
+        assert_eq!(classify(&short_tcp[..30]), Classified::Malformed);
+    }
+
+    #[test]
+    fn fragments_are_not_terminated() {
+        let mut p = syn_v4();
+        p[6] = 0x20; // MF
+        assert_eq!(classify(&p), Classified::Other);
+    }
+
+    #[test]
+    fn classifies_ipv6_udp() {
+        let mut p = vec![0x60, 0, 0, 0, 0, 8, PROTO_UDP, 64];
+        p.extend_from_slice(&"fd00:1::1".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&"fd00:2::2".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&[0x13, 0x88, 0, 53, 0, 8, 0, 0]);
+        let Classified::Udp { key } = classify(&p) else { panic!("not udp") };
+        assert_eq!(key.dest, "[fd00:2::2]:53".parse().unwrap());
+        assert_eq!(classify(&p[..47]), Classified::Malformed);
+    }
+}

@@ -1,0 +1,56 @@
+//! One change made to the system, as recorded by apply and reverted by undo.
+
+use std::fmt;
+
+use ipnet::IpNet;
+
+use super::netlink::Netlink;
+use super::plan::{RouteSpec, RuleSpec};
+use super::{Device, SetupError, address, link, route, rule};
+
+/// A change [`apply`](super::apply) made, with what it takes to revert it.
+///
+/// Plain data on purpose: the list of changes is what a crash-recovery
+/// journal has to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The device's MTU was changed from `old`.
+    Mtu { old: u32 },
+    /// `net` was added to the device (it was not there before).
+    Address { net: IpNet },
+    /// The device was brought up (it was down before).
+    LinkUp,
+    /// A route was added to our table.
+    Route(RouteSpec),
+    /// A policy rule was added.
+    Rule(RuleSpec),
+}
+
+impl Change {
+    /// Whether this change lives on the device, and so went away with it.
+    pub(crate) fn is_on_device(&self) -> bool {
+        matches!(self, Change::Mtu { .. } | Change::Address { .. } | Change::LinkUp)
+    }
+
+    pub(crate) async fn revert(&self, nl: &Netlink, dev: &Device) -> Result<(), SetupError> {
+        match self {
+            Change::Mtu { old } => link::set_mtu(nl, &dev.name, dev.index, *old).await,
+            Change::Address { net } => address::del(nl, dev, *net).await,
+            Change::LinkUp => link::set_up(nl, &dev.name, dev.index, false).await,
+            Change::Route(spec) => route::del(nl, spec, dev).await,
+            Change::Rule(spec) => rule::del(nl, spec).await,
+        }
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Mtu { old } => write!(f, "MTU (was {old})"),
+            Change::Address { net } => write!(f, "address {net}"),
+            Change::LinkUp => write!(f, "link up"),
+            Change::Route(spec) => spec.fmt(f),
+            Change::Rule(spec) => spec.fmt(f),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Per-core workers. Each is one OS thread, pinned to a core, owning one TUN
+//! queue, one smoltcp stack, its sessions and their upstream sockets, and a
+//! single-threaded async runtime for those sockets. Workers share nothing on
+//! the packet path: no locks, no shared atomics; the stack lives in a
+//! `RefCell` that only this thread's tasks touch.
+
+mod device;
+pub mod session;
+pub mod stack;
+pub mod stats;
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info_span, warn};
+
+use crate::device::tun::TunQueue;
+use crate::proxy::Upstream;
+pub use stack::StackConfig;
+pub use stats::WorkerStats;
+
+/// Packets read from the queue before the worker sends what it owes and lets
+/// its sessions run.
+const READ_BATCH: usize = 64;
+/// Large enough for any packet the queue can deliver.
+const READ_BUFFER: usize = 65_536;
+/// Upper bound on a sleep with no smoltcp timer pending.
+const IDLE_WAKEUP: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub index: usize,
+    /// Core to pin to; `None` leaves placement to the scheduler.
+    pub cpu: Option<usize>,
+    pub stack: StackConfig,
+    pub upstream: Upstream,
+}
+
+/// What a worker's tasks share. Single-threaded by construction.
+pub struct Shared {
+    pub stack: RefCell<Stack>,
+    pub upstream: Upstream,
+    egress: Notify,
+}
+
+use stack::Stack;
+
+impl Shared {
+    /// Asks the worker loop to run smoltcp's egress soon (after a session
+    /// moved data, changed state or freed window).
+    pub fn want_egress(&self) {
+        self.egress.notify_one();
+    }
+}
+
+/// Starts worker `config.index` on its own thread. It runs until `shutdown`
+/// turns true (or its sender is dropped) and returns its counters.
+pub fn spawn(
+    config: WorkerConfig,
+    tun: TunQueue,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<JoinHandle<anyhow::Result<WorkerStats>>> {
+    std::thread::Builder::new().name(format!("worker-{}", config.index)).spawn(move || {
+        let _span = info_span!("worker", id = config.index).entered();
+        if let Some(cpu) = config.cpu {
+            if let Err(error) = pin_to_cpu(cpu) {
+                warn!(cpu, %error, "cannot pin worker to its core; running unpinned");
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the worker's runtime")?;
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, run(config, tun, shutdown))
+    })
+}
+
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain old data; CPU_SET stays within it for
+    // cpu < CPU_SETSIZE, which the caller's modulo guarantees in practice.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The TUN queue as the runtime's reactor sees it.
+struct QueueFd(Rc<TunQueue>);
+
+impl AsRawFd for QueueFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+async fn run(config: WorkerConfig, tun: TunQueue, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<WorkerStats> {
+    let tun = Rc::new(tun);
+    // SAFETY: QueueFd holds an Rc of the queue, so its fd stays open and
+    // the same for the AsyncFd's whole life.
+    let queue = unsafe { AsyncFd::register_with_interest(QueueFd(tun.clone()), Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("registering the TUN queue with the runtime")?;
+    let seed = 0x7432_0000 ^ config.index as u64 ^ u64::from(std::process::id()) << 20;
+    let shared = Rc::new(Shared {
+        stack: RefCell::new(Stack::new(tun.clone(), config.stack.clone(), seed)),
+        upstream: config.upstream.clone(),
+        egress: Notify::new(),
+    });
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        let delay = shared.stack.borrow_mut().poll_delay().unwrap_or(IDLE_WAKEUP).min(IDLE_WAKEUP);
+        tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            ready = queue.readable() => {
+                let mut ready = ready.context("waiting on the TUN queue")?;
+                for _ in 0..READ_BATCH {
+                    match tun.recv(&mut buf) {
+                        Ok(len) => ingress(&shared, &mut buf[..len]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            ready.clear_ready();
+                            break;
+                        }
+                        Err(e) => return Err(e).context("reading the TUN queue"),
+                    }
+                }
+            }
+            () = shared.egress.notified() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+        shared.stack.borrow_mut().egress();
+    }
+    let mut stack = shared.stack.borrow_mut();
+    debug!(live = stack.live_sessions(), "worker stopping, resetting open sessions");
+    stack.abort_all();
+    Ok(stack.stats.clone())
+}
+
+fn ingress(shared: &Rc<Shared>, packet: &mut [u8]) {
+    let new_flow = shared.stack.borrow_mut().ingress(packet);
+    if let Some(stack::NewFlow(key)) = new_flow {
+        tokio::task::spawn_local(session::run(shared.clone(), key));
+    }
+}

@@ -1,0 +1,180 @@
+//! One TCP session: connect upstream for a held connection request, then
+//! relay between the smoltcp socket and the upstream socket.
+//!
+//! Data moves in one copy per direction, straight between the smoltcp
+//! socket buffers and the kernel (`try_read` into the send buffer,
+//! `try_write` from the receive buffer). Nothing else buffers: when one side
+//! is slow, the other side's buffer fills and the TCP window closes
+//! (backpressure).
+
+use std::future::poll_fn;
+use std::io;
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::Shared;
+use crate::packet::FlowKey;
+use crate::proxy::{Target, reset_on_close};
+
+pub async fn run(shared: Rc<Shared>, key: FlowKey) {
+    let stream = match shared.upstream.connect(&Target::Ip(key.dest)).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            debug!(flow = %key, %error, "upstream failed, refusing the connection");
+            shared.stack.borrow_mut().refuse(key);
+            shared.want_egress();
+            return;
+        }
+    };
+    let Some(handle) = shared.stack.borrow_mut().accept(key) else {
+        debug!(flow = %key, "application withdrew before the upstream connected");
+        return;
+    };
+    shared.want_egress();
+    let mut relay = Relay { handle, stream, upstream_write_shut: false, app_write_shut: false };
+    let end = poll_fn(|cx| relay.poll(cx, &shared)).await;
+    debug!(flow = %key, ?end, "session ended");
+    if end == End::AppReset {
+        reset_on_close(&relay.stream);
+    }
+    shared.stack.borrow_mut().finish(key, handle);
+    shared.want_egress();
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Both directions closed with FINs.
+    Closed,
+    /// The application reset (or smoltcp timed out) the connection.
+    AppReset,
+    /// The upstream failed; the application gets a reset.
+    UpstreamFailed,
+}
+
+struct Relay {
+    handle: SocketHandle,
+    stream: TcpStream,
+    /// The application sent FIN and everything before it went upstream.
+    upstream_write_shut: bool,
+    /// The upstream sent EOF and the socket was told to FIN.
+    app_write_shut: bool,
+}
+
+/// What one direction of the relay did in one poll.
+enum Step {
+    Idle,
+    Moved,
+    Failed(io::Error),
+}
+
+impl Relay {
+    fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<End> {
+        let mut stack = shared.stack.borrow_mut();
+        let socket = stack.tcp(self.handle);
+        let up = self.app_to_upstream(cx, socket);
+        let down = self.upstream_to_app(cx, socket);
+        let moved = matches!(up, Step::Moved) || matches!(down, Step::Moved);
+        let end = match (up, down) {
+            (Step::Failed(error), _) | (_, Step::Failed(error)) => {
+                debug!(%error, "upstream I/O failed, resetting the application");
+                socket.abort();
+                Some(End::UpstreamFailed)
+            }
+            _ if self.upstream_write_shut && self.app_write_shut => Some(End::Closed),
+            _ if socket.state() == tcp::State::Closed => Some(End::AppReset),
+            _ => None,
+        };
+        // smoltcp wakes these on every state change as well as on data and
+        // space, so a reset from the application is noticed even while both
+        // directions wait on the upstream.
+        socket.register_recv_waker(cx.waker());
+        socket.register_send_waker(cx.waker());
+        drop(stack);
+        if moved || end.is_some() {
+            shared.want_egress();
+        }
+        match end {
+            Some(end) => Poll::Ready(end),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Application → upstream: from the socket's receive buffer into the
+    /// upstream socket, as far as the upstream takes it.
+    fn app_to_upstream(&mut self, cx: &mut Context<'_>, socket: &mut tcp::Socket<'_>) -> Step {
+        let mut step = Step::Idle;
+        while !self.upstream_write_shut {
+            if !socket.can_recv() {
+                if app_sent_fin(socket.state()) {
+                    // The application half-closed: pass the FIN on.
+                    let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
+                    self.upstream_write_shut = true;
+                    step = Step::Moved;
+                }
+                break;
+            }
+            match self.stream.poll_write_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Step::Failed(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let written = socket.recv(|data| match self.stream.try_write(data) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match written {
+                Ok(Ok(_)) => step = Step::Moved,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(Err(e)) => return Step::Failed(e),
+                Err(_) => break,
+            }
+        }
+        step
+    }
+
+    /// Upstream → application: read the upstream straight into the socket's
+    /// send buffer, as far as it has room.
+    fn upstream_to_app(&mut self, cx: &mut Context<'_>, socket: &mut tcp::Socket<'_>) -> Step {
+        let mut step = Step::Idle;
+        while !self.app_write_shut && socket.can_send() {
+            match self.stream.poll_read_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Step::Failed(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let read = socket.send(|room| {
+                match self.stream.try_read(room) {
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                }
+            });
+            match read {
+                Ok(Ok(0)) => {
+                    // Upstream EOF: FIN to the application after the data.
+                    socket.close();
+                    self.app_write_shut = true;
+                    step = Step::Moved;
+                }
+                Ok(Ok(_)) => step = Step::Moved,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(Err(e)) => return Step::Failed(e),
+                Err(_) => break,
+            }
+        }
+        step
+    }
+}
+
+/// States in which the application's FIN has arrived (so, with the receive
+/// buffer drained, everything it sent has been passed on).
+fn app_sent_fin(state: tcp::State) -> bool {
+    use tcp::State::*;
+    matches!(state, CloseWait | LastAck | Closing | TimeWait)
+}

@@ -1,0 +1,64 @@
+//! Per-worker counters. Each worker owns its own and touches nothing shared;
+//! they are handed to the control thread when the worker ends.
+
+use std::fmt;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// TCP sessions whose upstream connected (the application saw SYN-ACK).
+    pub flows_accepted: u64,
+    /// TCP sessions refused with a reset because the upstream failed.
+    pub flows_refused: u64,
+    /// Connection requests dropped because the half-open budget was spent.
+    pub syn_over_budget: u64,
+    /// Non-SYN TCP packets for which this worker held no session: with
+    /// working flow steering this stays 0 (a few are normal after resets).
+    pub no_session_packets: u64,
+    pub dropped_malformed: u64,
+    /// UDP, ICMP and other traffic this build does not terminate yet.
+    pub dropped_unsupported: u64,
+    pub tun_write_errors: u64,
+}
+
+impl WorkerStats {
+    pub fn add(&mut self, other: &WorkerStats) {
+        self.packets_in += other.packets_in;
+        self.bytes_in += other.bytes_in;
+        self.packets_out += other.packets_out;
+        self.bytes_out += other.bytes_out;
+        self.flows_accepted += other.flows_accepted;
+        self.flows_refused += other.flows_refused;
+        self.syn_over_budget += other.syn_over_budget;
+        self.no_session_packets += other.no_session_packets;
+        self.dropped_malformed += other.dropped_malformed;
+        self.dropped_unsupported += other.dropped_unsupported;
+        self.tun_write_errors += other.tun_write_errors;
+    }
+}
+
+/// `key=value` pairs, the form log readers and tests parse.
+impl fmt::Display for WorkerStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "flows_accepted={} flows_refused={} syn_over_budget={} packets_in={} bytes_in={} \
+             packets_out={} bytes_out={} no_session_packets={} dropped_malformed={} \
+             dropped_unsupported={} tun_write_errors={}",
+            self.flows_accepted,
+            self.flows_refused,
+            self.syn_over_budget,
+            self.packets_in,
+            self.bytes_in,
+            self.packets_out,
+            self.bytes_out,
+            self.no_session_packets,
+            self.dropped_malformed,
+            self.dropped_unsupported,
+            self.tun_write_errors
+        )
+    }
+}
