@@ -14,10 +14,21 @@ const TOOLCHAIN: &str = "nightly";
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 /// The eBPF crate's binary, i.e. the object file cargo links.
 const EBPF_BIN: &str = "tun2socks-ebpf";
-const INSTALL_HINT: &str = "`cargo xtask build` installs it, or by hand: \
+const INSTALL_HINT: &str = "`cargo xtask build` installs what is missing; by hand: \
      `rustup toolchain install nightly --component rust-src` and \
      `apt-get install -y llvm-22-dev && LLVM_PREFIX=/usr/lib/llvm-22 cargo install \
      bpf-linker@0.13.0 --locked --no-default-features --features llvm-22`";
+
+/// Why the eBPF object could not be built.
+enum Failure {
+    /// A tool or setup problem, said in one line.
+    Setup(String),
+    /// The build itself failed; the compiler's diagnostics follow the summary.
+    Build {
+        summary: String,
+        diagnostics: String,
+    },
+}
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -30,12 +41,18 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     match build(&ebpf_dir, &workspace.join("target").join("bpf"), &out_dir) {
         Ok(object) => println!("cargo::rustc-env=TUN2SOCKS_EBPF_OBJ={}", object.display()),
-        // cargo prints `cargo::error` lines as plain errors, without dumping
-        // the build script's whole output around them.
-        Err(message) => {
-            for line in message.lines() {
-                println!("cargo::error={line}");
-            }
+        // cargo prints a `cargo::error` line as a plain one-line error,
+        // without dumping the build script's output around it.
+        Err(Failure::Setup(message)) => println!("cargo::error={message}"),
+        // Compiler diagnostics are many lines: exiting with an error makes
+        // cargo show them (this script's stderr) as they are.
+        Err(Failure::Build {
+            summary,
+            diagnostics,
+        }) => {
+            println!("cargo::error={summary}");
+            eprintln!("{diagnostics}");
+            std::process::exit(1);
         }
     }
 }
@@ -55,7 +72,7 @@ fn watch(ebpf_dir: &Path) {
 
 /// Builds the object in `target_dir` and copies it into `out_dir`, so that
 /// this crate embeds a file no concurrent eBPF build can rewrite under it.
-fn build(ebpf_dir: &Path, target_dir: &Path, out_dir: &Path) -> Result<PathBuf, String> {
+fn build(ebpf_dir: &Path, target_dir: &Path, out_dir: &Path) -> Result<PathBuf, Failure> {
     check_tools()?;
     let output = nightly("cargo")
         .current_dir(ebpf_dir)
@@ -70,13 +87,15 @@ fn build(ebpf_dir: &Path, target_dir: &Path, out_dir: &Path) -> Result<PathBuf, 
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(target_dir)
         .output()
-        .map_err(|e| format!("cannot run `rustup run {TOOLCHAIN} cargo`: {e}"))?;
+        .map_err(|e| Failure::Setup(format!("cannot run `rustup run {TOOLCHAIN} cargo`: {e}")))?;
     if !output.status.success() {
-        return Err(format!(
-            "building the eBPF programs failed (in {}):\n{}",
-            ebpf_dir.display(),
-            compiler_messages(&output)
-        ));
+        return Err(Failure::Build {
+            summary: format!(
+                "building the eBPF programs in {} failed (compiler output below)",
+                ebpf_dir.display()
+            ),
+            diagnostics: compiler_messages(&output),
+        });
     }
     if String::from_utf8_lossy(&output.stderr).contains("warning") {
         println!(
@@ -87,27 +106,28 @@ fn build(ebpf_dir: &Path, target_dir: &Path, out_dir: &Path) -> Result<PathBuf, 
     let built = target_dir.join(EBPF_TARGET).join("release").join(EBPF_BIN);
     let object = out_dir.join("tun2socks-ebpf.o");
     fs::copy(&built, &object).map_err(|e| {
-        format!(
-            "cannot copy {} to {}: {e}",
-            built.display(),
-            object.display()
-        )
+        let (from, to) = (built.display(), object.display());
+        Failure::Setup(format!("cannot copy {from} to {to}: {e}"))
     })?;
     Ok(object)
 }
 
 /// Fails with one message naming what to install, rather than letting
 /// cargo or rustc fail with a wall of output.
-fn check_tools() -> Result<(), String> {
-    let missing = |what: &str| format!("building the eBPF programs needs {what}; {INSTALL_HINT}");
+fn check_tools() -> Result<(), Failure> {
+    let missing = |what: &str| {
+        Failure::Setup(format!(
+            "building the eBPF programs needs {what}; {INSTALL_HINT}"
+        ))
+    };
     let sysroot = run(nightly("rustc").args(["--print", "sysroot"]))
         .ok_or_else(|| missing("rustup and the nightly toolchain"))?;
     let rust_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
     if !rust_src.is_dir() {
         return Err(missing("the nightly rust-src component"));
     }
-    run(Command::new("bpf-linker").arg("--version"))
-        .ok_or_else(|| missing("bpf-linker on PATH"))?;
+    // Looked up the way rustc will, with the toolchain's PATH.
+    run(nightly("bpf-linker").arg("--version")).ok_or_else(|| missing("bpf-linker"))?;
     Ok(())
 }
 

@@ -64,13 +64,25 @@ impl FlowKey {
     /// TCP: the whole 5-tuple.
     #[inline(always)]
     pub const fn tcp(src: [u32; 4], dst: [u32; 4], src_port: u16, dst_port: u16) -> Self {
-        Self { src, dst, src_port, dst_port, proto: IPPROTO_TCP }
+        Self {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            proto: IPPROTO_TCP,
+        }
     }
 
     /// UDP: the source endpoint only.
     #[inline(always)]
     pub const fn udp(src: [u32; 4], src_port: u16) -> Self {
-        Self { src, dst: [0; 4], src_port, dst_port: 0, proto: IPPROTO_UDP }
+        Self {
+            src,
+            dst: [0; 4],
+            src_port,
+            dst_port: 0,
+            proto: IPPROTO_UDP,
+        }
     }
 
     /// Other protocols, fragments and extension headers: the addresses only.
@@ -78,7 +90,13 @@ impl FlowKey {
     /// datagram (first one included) hash alike.
     #[inline(always)]
     pub const fn addresses(src: [u32; 4], dst: [u32; 4]) -> Self {
-        Self { src, dst, src_port: 0, dst_port: 0, proto: 0 }
+        Self {
+            src,
+            dst,
+            src_port: 0,
+            dst_port: 0,
+            proto: 0,
+        }
     }
 
     #[inline(always)]
@@ -86,7 +104,17 @@ impl FlowKey {
         let [s0, s1, s2, s3] = self.src;
         let [d0, d1, d2, d3] = self.dst;
         let ports = ((self.src_port as u32) << 16) | self.dst_port as u32;
-        [s0, s1, s2, s3, d0, d1, d2, d3, ports ^ ((self.proto as u32) << 8)]
+        [
+            s0,
+            s1,
+            s2,
+            s3,
+            d0,
+            d1,
+            d2,
+            d3,
+            ports ^ ((self.proto as u32) << 8),
+        ]
     }
 }
 
@@ -187,8 +215,14 @@ const SEED: u32 = 0x7f4a_7c15;
 /// One MurmurHash3 (x86_32) body round.
 #[inline(always)]
 const fn mix(h: u32, word: u32) -> u32 {
-    let k = word.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = word
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 /// MurmurHash3's finalizer: every input bit reaches every output bit, so the
@@ -227,7 +261,11 @@ pub const fn steering_value(hash: u32) -> u32 {
 /// there are none, as the kernel does).
 #[inline(always)]
 pub const fn queue_of(hash: u32, queues: u32) -> u32 {
-    if queues == 0 { 0 } else { steering_value(hash) % queues }
+    if queues == 0 {
+        0
+    } else {
+        steering_value(hash) % queues
+    }
 }
 
 /// The whole steering decision for one packet: the `steer` program's return

@@ -39,8 +39,9 @@ pub fn queue_for_packet(packet: &[u8], queues: u32) -> Option<u32> {
     flow_hash_of_packet(packet).map(|hash| queue_of(hash, queues))
 }
 
-/// Errors attaching the steering program. All of them leave the device on
-/// the kernel's own queue choice, so the daemon can warn and go on.
+/// Errors attaching or detaching the steering program. A failed [`attach`]
+/// leaves the device on the kernel's own queue choice, so the daemon can
+/// warn and go on.
 #[derive(Debug, thiserror::Error)]
 pub enum SteeringError {
     #[error(
@@ -131,9 +132,6 @@ fn set_steering_program(
     let rc = unsafe { libc::ioctl(fd, TUNSETSTEERINGEBPF, &prog_fd as *const RawFd) };
     if rc < 0 {
         let source = io::Error::last_os_error();
-        if source.raw_os_error() == Some(libc::EPERM) {
-            return Err(SteeringError::PermissionDenied(Box::new(source)));
-        }
         return Err(SteeringError::Ioctl { action, fd, source });
     }
     Ok(())

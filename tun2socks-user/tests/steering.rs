@@ -15,6 +15,7 @@
 //! Run: `cargo test -p tun2socks --test steering`
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
@@ -54,9 +55,83 @@ fn four_queues() {
     check_steering(4);
 }
 
-fn check_steering(queues: usize) {
+/// Without CAP_BPF (and CAP_SYS_ADMIN) attaching fails with an error that
+/// says which capability is missing, so the daemon can log it and go on.
+#[test]
+fn without_cap_bpf_the_error_names_the_capability() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    if fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .is_ok_and(|v| v.trim() == "0")
+    {
+        eprintln!("skipped: unprivileged eBPF is enabled, loading needs no capability");
+        return;
+    }
+    // aya probes kernel features once per process; probe with full
+    // privileges so that the other tests running in this process see them.
+    let _ = aya::features();
+    let error = in_private_netns(|| {
+        let tun = open_queues(DEVICE, 2).map_err(io::Error::other)?;
+        // Capabilities are per thread: this drops them for this thread only.
+        drop_effective_capabilities(&[CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF])?;
+        Ok(steering::attach(tun[0].as_fd()).expect_err("attach without CAP_BPF"))
+    })
+    .expect("a TUN device in a private network namespace");
+    eprintln!("attach without CAP_BPF: {error}");
+    assert!(
+        matches!(error, steering::SteeringError::PermissionDenied(_)),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("CAP_BPF"));
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// capset(2) for the calling thread, v3 layout (two 32-bit words per set).
+fn drop_effective_capabilities(caps: &[u32]) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget writes two Data structs for a v3 header.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for &cap in caps {
+        data[(cap / 32) as usize].effective &= !(1 << (cap % 32));
+    }
+    // SAFETY: capset reads two Data structs for a v3 header.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn check_steering(queues: usize) {
+    if !is_root() {
         eprintln!("skipped: the steering test needs root (TUN, netns, CAP_BPF)");
         return;
     }
@@ -259,9 +334,10 @@ fn verify(captured: &[Captured], queues: u32) {
         .collect();
     counts.sort();
     eprintln!(
-        "{queues} queues: {} packets read, 0 mispredicted; flows (proto, ipv6, count): {counts:?}; \
+        "{queues} queues: {} packets read, {} mispredicted; flows (proto, ipv6, count): {counts:?}; \
          queues used: {queues_used:?}; UDP sources: {}",
         captured.len(),
+        mismatches.len(),
         udp_sources.len(),
     );
     assert!(

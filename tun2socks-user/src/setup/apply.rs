@@ -109,24 +109,24 @@ impl Applied {
         state: link::LinkState,
     ) -> Result<(), SetupError> {
         let dev = self.device.clone();
-        match state.mtu {
-            Some(old) if old == plan.mtu => {}
-            old => {
-                link::set_mtu(nl, &dev.name, dev.index, plan.mtu).await?;
-                match old {
-                    Some(old) => self.record(Change::Mtu { old }),
-                    None => tracing::warn!("the kernel did not report the old MTU; undo will leave {}", plan.mtu),
-                }
+        if state.mtu != Some(plan.mtu) {
+            link::set_mtu(nl, &dev, plan.mtu).await?;
+            // The kernel always reports IFLA_MTU; without it there would be
+            // nothing to restore.
+            if let Some(old) = state.mtu {
+                self.record(Change::Mtu { old });
             }
         }
         for &net in &plan.addresses {
             match address::add(nl, &dev, net).await? {
                 Added::New => self.record(Change::Address { net }),
-                Added::AlreadyThere => tracing::info!(%net, "address already on the device, keeping it"),
+                Added::AlreadyThere => {
+                    tracing::info!(%net, "address already on the device, keeping it")
+                }
             }
         }
         if !state.up {
-            link::set_up(nl, &dev.name, dev.index, true).await?;
+            link::set_up(nl, &dev, true).await?;
             self.record(Change::LinkUp);
         }
         for spec in &layout.routes {

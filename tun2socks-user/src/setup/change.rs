@@ -29,14 +29,17 @@ pub enum Change {
 impl Change {
     /// Whether this change lives on the device, and so went away with it.
     pub(crate) fn is_on_device(&self) -> bool {
-        matches!(self, Change::Mtu { .. } | Change::Address { .. } | Change::LinkUp)
+        matches!(
+            self,
+            Change::Mtu { .. } | Change::Address { .. } | Change::LinkUp
+        )
     }
 
     pub(crate) async fn revert(&self, nl: &Netlink, dev: &Device) -> Result<(), SetupError> {
         match self {
-            Change::Mtu { old } => link::set_mtu(nl, &dev.name, dev.index, *old).await,
+            Change::Mtu { old } => link::set_mtu(nl, dev, *old).await,
             Change::Address { net } => address::del(nl, dev, *net).await,
-            Change::LinkUp => link::set_up(nl, &dev.name, dev.index, false).await,
+            Change::LinkUp => link::set_up(nl, dev, false).await,
             Change::Route(spec) => route::del(nl, spec, dev).await,
             Change::Rule(spec) => rule::del(nl, spec).await,
         }
@@ -46,7 +49,7 @@ impl Change {
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Change::Mtu { old } => write!(f, "MTU (was {old})"),
+            Change::Mtu { old } => write!(f, "MTU change (was {old})"),
             Change::Address { net } => write!(f, "address {net}"),
             Change::LinkUp => write!(f, "link up"),
             Change::Route(spec) => spec.fmt(f),

@@ -98,5 +98,24 @@ fn hint(err: &io::Error) -> &'static str {
 }
 
 fn join(errors: &[SetupError]) -> String {
-    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_errors_name_the_capability() {
+        let err = SetupError::Kernel {
+            op: "add rule".into(),
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert_eq!(err.errno(), Some(libc::EPERM));
+        assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
+    }
 }

@@ -2,14 +2,14 @@
 //! what kind of device an existing interface is before adopting it.
 
 use futures::TryStreamExt;
-use rtnetlink::packet_core::Nla;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::LinkUnspec;
+use rtnetlink::packet_core::Nla;
 
-use super::SetupError;
 use super::netlink::Netlink;
+use super::{Device, SetupError};
 
 /// What [`find`] learns about a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,18 +54,18 @@ pub(crate) async fn state(nl: &Netlink, name: &str) -> Result<Option<LinkState>,
     Ok(find(nl, name).await?.as_ref().map(LinkState::from_message))
 }
 
-pub(crate) async fn set_mtu(nl: &Netlink, device: &str, index: u32, mtu: u32) -> Result<(), SetupError> {
-    let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+pub(crate) async fn set_mtu(nl: &Netlink, dev: &Device, mtu: u32) -> Result<(), SetupError> {
+    let msg = LinkUnspec::new_with_index(dev.index).mtu(mtu).build();
     nl.handle()
         .link()
         .set(msg)
         .execute()
         .await
-        .map_err(|err| SetupError::from_netlink(format!("set MTU {mtu} on {device}"), err))
+        .map_err(|err| SetupError::from_netlink(format!("set MTU {mtu} on {}", dev.name), err))
 }
 
-pub(crate) async fn set_up(nl: &Netlink, device: &str, index: u32, up: bool) -> Result<(), SetupError> {
-    let builder = LinkUnspec::new_with_index(index);
+pub(crate) async fn set_up(nl: &Netlink, dev: &Device, up: bool) -> Result<(), SetupError> {
+    let builder = LinkUnspec::new_with_index(dev.index);
     let msg = if up { builder.up() } else { builder.down() }.build();
     let what = if up { "up" } else { "down" };
     nl.handle()
@@ -73,7 +73,7 @@ pub(crate) async fn set_up(nl: &Netlink, device: &str, index: u32, up: bool) -> 
         .set(msg)
         .execute()
         .await
-        .map_err(|err| SetupError::from_netlink(format!("set {device} {what}"), err))
+        .map_err(|err| SetupError::from_netlink(format!("set {} {what}", dev.name), err))
 }
 
 /// What an interface of a given name is, as far as adopting it goes.
@@ -162,8 +162,10 @@ fn classify_tun(infos: &[LinkInfo]) -> ExistingDevice {
     };
     let flag = |kind| attr(kind).and_then(|v| v.first().copied()).unwrap_or(0) != 0;
     let count = |kind| {
-        attr(kind)
-            .and_then(|v| v.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
+        attr(kind).and_then(|v| {
+            v.get(..4)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        })
     };
 
     if attr(IFLA_TUN_TYPE).and_then(|v| v.first().copied()) == Some(TUN_TYPE_TAP) {
@@ -171,7 +173,10 @@ fn classify_tun(infos: &[LinkInfo]) -> ExistingDevice {
             kind: Some("tap".to_string()),
         };
     }
-    let attached_queues = match (count(IFLA_TUN_NUM_QUEUES), count(IFLA_TUN_NUM_DISABLED_QUEUES)) {
+    let attached_queues = match (
+        count(IFLA_TUN_NUM_QUEUES),
+        count(IFLA_TUN_NUM_DISABLED_QUEUES),
+    ) {
         (Some(enabled), disabled) => Some(enabled + disabled.unwrap_or(0)),
         (None, _) => None,
     };

@@ -159,7 +159,11 @@ impl SetupPlan {
             rules: Vec::new(),
         };
         for family in [Family::V4, Family::V6] {
-            let routed: Vec<IpNet> = routes.iter().copied().filter(|n| Family::of(n) == family).collect();
+            let routed: Vec<IpNet> = routes
+                .iter()
+                .copied()
+                .filter(|n| Family::of(n) == family)
+                .collect();
             let bypassed = bypass.iter().copied().filter(|n| Family::of(n) == family);
             if routed.is_empty() {
                 // Without routes of this family nothing enters the device,
@@ -170,9 +174,19 @@ impl SetupPlan {
                 continue;
             }
             let table = self.table;
-            let device_route = |prefix| RouteSpec { prefix, table, kind: RouteKind::Device };
-            let throw_route = |prefix| RouteSpec { prefix, table, kind: RouteKind::Throw };
-            layout.routes.extend(routed.iter().copied().map(device_route));
+            let device_route = |prefix| RouteSpec {
+                prefix,
+                table,
+                kind: RouteKind::Device,
+            };
+            let throw_route = |prefix| RouteSpec {
+                prefix,
+                table,
+                kind: RouteKind::Throw,
+            };
+            layout
+                .routes
+                .extend(routed.iter().copied().map(device_route));
             layout.routes.extend(bypassed.map(throw_route));
 
             let p = self.rule_priority;
@@ -212,9 +226,16 @@ impl SetupPlan {
         if !(68..=65535).contains(&self.mtu) {
             return invalid(format!("MTU {} is outside 68..=65535", self.mtu));
         }
-        let uses_v6 = self.addresses.iter().chain(&self.routes).any(|n| Family::of(n) == Family::V6);
+        let uses_v6 = self
+            .addresses
+            .iter()
+            .chain(&self.routes)
+            .any(|n| Family::of(n) == Family::V6);
         if uses_v6 && self.mtu < 1280 {
-            return invalid(format!("MTU {} is below IPv6's minimum of 1280 (the kernel would disable IPv6 on the device)", self.mtu));
+            return invalid(format!(
+                "MTU {} is below IPv6's minimum of 1280 (the kernel would disable IPv6 on the device)",
+                self.mtu
+            ));
         }
         if self.fwmark == 0 {
             // Unmarked sockets carry mark 0: "not fwmark 0" would send the
@@ -224,10 +245,15 @@ impl SetupPlan {
         // 0 is "unspecified", 252..=255 are compat/default/main/local:
         // undo flushes what we put in our table, so it must be our own.
         if self.table == 0 || (252..=255).contains(&self.table) {
-            return invalid(format!("table {} is reserved; pick a table of our own (e.g. 100)", self.table));
+            return invalid(format!(
+                "table {} is reserved; pick a table of our own (e.g. 100)",
+                self.table
+            ));
         }
         let last = self.rule_priority.checked_add(2);
-        if self.rule_priority < FIRST_FREE_PRIORITY || last.is_none_or(|last| last >= MAIN_RULE_PRIORITY) {
+        if self.rule_priority < FIRST_FREE_PRIORITY
+            || last.is_none_or(|last| last >= MAIN_RULE_PRIORITY)
+        {
             return invalid(format!(
                 "rule priority {} must leave room for three rules between the local rule (0) and the main rule ({MAIN_RULE_PRIORITY})",
                 self.rule_priority
@@ -235,7 +261,10 @@ impl SetupPlan {
         }
         for net in self.routes.iter().chain(&self.bypass) {
             if net.trunc() != *net {
-                return invalid(format!("prefix {net} has host bits set (did you mean {}?)", net.trunc()));
+                return invalid(format!(
+                    "prefix {net} has host bits set (did you mean {}?)",
+                    net.trunc()
+                ));
             }
         }
         if let Some(both) = self.routes.iter().find(|net| self.bypass.contains(net)) {
@@ -296,7 +325,9 @@ mod tests {
 
     #[test]
     fn specific_routes_only_skip_the_main_rule_and_the_other_family() {
-        let layout = plan(&["10.0.0.0/8"], &["10.1.0.0/16", "fd00::/8"]).layout().unwrap();
+        let layout = plan(&["10.0.0.0/8"], &["10.1.0.0/16", "fd00::/8"])
+            .layout()
+            .unwrap();
         assert_eq!(
             rules(&layout),
             [
@@ -307,7 +338,10 @@ mod tests {
         let routes: Vec<String> = layout.routes.iter().map(ToString::to_string).collect();
         assert_eq!(
             routes,
-            ["route 10.0.0.0/8 into the device in table 100", "throw route 10.1.0.0/16 in table 100"]
+            [
+                "route 10.0.0.0/8 into the device in table 100",
+                "throw route 10.1.0.0/16 in table 100"
+            ]
         );
     }
 
@@ -328,7 +362,10 @@ mod tests {
         let reject = |edit: fn(&mut SetupPlan)| {
             let mut p = plan(&["0.0.0.0/0"], &["192.168.0.0/16"]);
             edit(&mut p);
-            assert!(matches!(p.layout(), Err(SetupError::InvalidPlan(_))), "{p:?} accepted");
+            assert!(
+                matches!(p.layout(), Err(SetupError::InvalidPlan(_))),
+                "{p:?} accepted"
+            );
         };
         reject(|p| p.fwmark = 0);
         reject(|p| p.table = 254);

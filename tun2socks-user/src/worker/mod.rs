@@ -70,10 +70,10 @@ pub fn spawn(
 ) -> io::Result<JoinHandle<anyhow::Result<WorkerStats>>> {
     std::thread::Builder::new().name(format!("worker-{}", config.index)).spawn(move || {
         let _span = info_span!("worker", id = config.index).entered();
-        if let Some(cpu) = config.cpu {
-            if let Err(error) = pin_to_cpu(cpu) {
-                warn!(cpu, %error, "cannot pin worker to its core; running unpinned");
-            }
+        if let Some(cpu) = config.cpu
+            && let Err(error) = pin_to_cpu(cpu)
+        {
+            warn!(cpu, %error, "cannot pin worker to its core; running unpinned");
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,0 +1,115 @@
+//! Named network namespaces, created and removed with iproute2.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// A named network namespace (`/run/netns/NAME`) that is deleted on drop.
+///
+/// Processes started in it must be gone before it is dropped: the [`crate::Lab`]
+/// kills its processes first.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates the namespace and brings its loopback up.
+    pub fn create(name: &str) -> Result<Self> {
+        ip(&["netns", "add", name]).with_context(|| format!("creating namespace {name}"))?;
+        let ns = Netns {
+            name: name.to_owned(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Takes ownership of an existing namespace: it is deleted on drop.
+    pub fn adopt(name: &str) -> Self {
+        Netns {
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NAME ARGS...` and returns its stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// Sets a sysctl inside the namespace (`KEY=VALUE`).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let status = self
+            .command("sysctl")
+            .args(["-q", "-w", &format!("{key}={value}")])
+            .stdin(Stdio::null())
+            .status()
+            .context("running sysctl")?;
+        if !status.success() {
+            bail!("sysctl {key}={value} in {} failed: {status}", self.name);
+        }
+        Ok(())
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`).
+    ///
+    /// `ip netns exec` execs the program in place, so the child's pid is the
+    /// program's own.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Pids of the processes running in the namespace.
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        let out = ip(&["netns", "pids", &self.name])?;
+        Ok(out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Anything still inside (a leaked grandchild) would keep the
+        // namespace's devices alive after the name is gone.
+        for pid in self.pids().unwrap_or_default() {
+            // SAFETY: plain kill(2) on a pid that lives in our namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("lab: cannot delete namespace {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Runs `ip ARGS...`, failing with its stderr if it fails.
+pub fn ip(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running `ip` (is iproute2 installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Names of all named namespaces on the machine.
+pub fn list() -> Result<Vec<String>> {
+    let out = ip(&["netns", "list"])?;
+    Ok(out
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}

@@ -1,0 +1,139 @@
+//! The lab's servers: SOCKS5 servers in `proxy`, application servers in `srv`.
+//! Each runs until the lab is dropped; its output is in `<lab dir>/<name>.log`.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::Lab;
+use crate::topology::{addr, port};
+
+/// Credentials the authenticating microsocks accepts.
+pub const MICROSOCKS_USER: &str = "t2s";
+pub const MICROSOCKS_PASS: &str = "s3cret-pass";
+
+/// The file the HTTP server in `srv` serves.
+pub const HELLO_PATH: &str = "/hello.txt";
+
+/// `socks5://[USER:PASS@]HOST:PORT` for the daemon's `--proxy`.
+pub fn socks_url(host: IpAddr, port: u16, auth: Option<(&str, &str)>) -> String {
+    let auth = auth.map(|(u, p)| format!("{u}:{p}@")).unwrap_or_default();
+    match host {
+        IpAddr::V4(ip) => format!("socks5://{auth}{ip}:{port}"),
+        IpAddr::V6(ip) => format!("socks5://{auth}[{ip}]:{port}"),
+    }
+}
+
+/// dante-server's URL, reached over IPv4 or IPv6.
+pub fn dante_url(v6: bool) -> String {
+    socks_url(addr::proxy(v6), port::DANTE, None)
+}
+
+/// The unauthenticated microsocks' URL.
+pub fn microsocks_url(v6: bool) -> String {
+    socks_url(addr::proxy(v6), port::MICROSOCKS, None)
+}
+
+/// The authenticating microsocks' URL with the given credentials.
+pub fn microsocks_auth_url(user: &str, pass: &str) -> String {
+    socks_url(addr::proxy(false), port::MICROSOCKS_AUTH, Some((user, pass)))
+}
+
+/// `http://HOST:8080/hello.txt` in `srv`.
+pub fn hello_url(v6: bool) -> String {
+    match addr::srv(v6) {
+        IpAddr::V4(ip) => format!("http://{ip}:{}{HELLO_PATH}", port::HTTP),
+        IpAddr::V6(ip) => format!("http://[{ip}]:{}{HELLO_PATH}", port::HTTP),
+    }
+}
+
+impl Lab {
+    /// dante-server on 10.0.1.2 and fd00:1::2 port 1080, no authentication,
+    /// going out from 10.0.2.1 / fd00:2::1. It refuses connections to
+    /// `srv` port [`port::PROBE_BLOCKED`] by rule (SOCKS reply "not allowed").
+    pub fn start_dante(&self) -> Result<()> {
+        let conf = self.dir().join("danted.conf");
+        let blocked = port::PROBE_BLOCKED;
+        let text = format!(
+            "\
+logoutput: stderr
+internal: {proxy4} port = {dante}
+internal: {proxy6} port = {dante}
+external: {out4}
+external: {out6}
+clientmethod: none
+socksmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {{ from: 0/0 to: 0/0 log: error }}
+socks block {{ from: 0/0 to: {srv4}/32 port = {blocked} log: connect error }}
+socks block {{ from: 0/0 to: {srv6}/128 port = {blocked} log: connect error }}
+socks pass {{ from: 0/0 to: 0/0 log: error }}
+",
+            proxy4 = addr::PROXY_V4,
+            proxy6 = addr::PROXY_V6,
+            dante = port::DANTE,
+            out4 = addr::PROXY_OUT_V4,
+            out6 = addr::PROXY_OUT_V6,
+            srv4 = addr::SRV_V4,
+            srv6 = addr::SRV_V6,
+        );
+        fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
+        let pid_file = self.dir().join("danted.pid");
+        let mut cmd = self.proxy().command("danted");
+        // Without -D danted stays in the foreground.
+        cmd.arg("-f").arg(&conf).arg("-p").arg(&pid_file);
+        self.spawn_server("danted", cmd, &[port::DANTE])
+    }
+
+    /// microsocks on port 1081 (no authentication) and 1082 (username/password
+    /// [`MICROSOCKS_USER`] / [`MICROSOCKS_PASS`]), both on `::` (dual stack).
+    pub fn start_microsocks(&self) -> Result<()> {
+        let mut open = self.proxy().command("microsocks");
+        open.args(["-i", "::", "-p", &port::MICROSOCKS.to_string()]);
+        self.spawn_server("microsocks", open, &[port::MICROSOCKS])?;
+
+        let mut auth = self.proxy().command("microsocks");
+        auth.args(["-i", "::", "-p", &port::MICROSOCKS_AUTH.to_string()])
+            .args(["-u", MICROSOCKS_USER, "-P", MICROSOCKS_PASS]);
+        self.spawn_server("microsocks-auth", auth, &[port::MICROSOCKS_AUTH])
+    }
+
+    /// python3's HTTP server in `srv` on `[::]:8080` (dual stack), serving
+    /// [`HELLO_PATH`] with [`Lab::hello_body`].
+    pub fn start_http(&self) -> Result<()> {
+        let root = self.dir().join("www");
+        fs::create_dir_all(&root)?;
+        fs::write(root.join(HELLO_PATH.trim_start_matches('/')), self.hello_body())?;
+        let mut cmd = self.srv().command("python3");
+        cmd.args(["-m", "http.server", "--bind", "::", "--directory"])
+            .arg(&root)
+            .arg(port::HTTP.to_string());
+        self.spawn_server("http", cmd, &[port::HTTP])
+    }
+
+    /// The body of [`HELLO_PATH`]: names the lab, so a stray server elsewhere
+    /// cannot pass for ours.
+    pub fn hello_body(&self) -> String {
+        format!("hello from srv of lab {}\n", self.id())
+    }
+
+    /// `t2s-probe serve` in `srv` on ports [`port::PROBE`] and
+    /// [`port::PROBE_BLOCKED`], dual stack.
+    pub fn start_probe_server(&self, probe: &Path) -> Result<()> {
+        let mut cmd = self.srv().command(&probe.to_string_lossy());
+        cmd.arg("serve")
+            .args(["--listen", &format!("[::]:{}", port::PROBE)])
+            .args(["--listen", &format!("[::]:{}", port::PROBE_BLOCKED)]);
+        self.spawn_server("probe-server", cmd, &[port::PROBE, port::PROBE_BLOCKED])
+    }
+
+    /// iperf3 server in `srv` (dual stack).
+    pub fn start_iperf3(&self) -> Result<()> {
+        let mut cmd = self.srv().command("iperf3");
+        cmd.args(["--server", "--port", &port::IPERF.to_string()]);
+        self.spawn_server("iperf3", cmd, &[port::IPERF])
+    }
+}
