@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod device;
+pub mod dns;
 pub mod steering;
 pub mod packet;
 pub mod proxy;

@@ -13,6 +13,7 @@ const METHOD_NONE: u8 = 0x00;
 const METHOD_USERPASS: u8 = 0x02;
 const METHOD_UNACCEPTABLE: u8 = 0xff;
 const CMD_CONNECT: u8 = 0x01;
+const CMD_UDP_ASSOCIATE: u8 = 0x03;
 const ATYP_IPV4: u8 = 0x01;
 const ATYP_DOMAIN: u8 = 0x03;
 const ATYP_IPV6: u8 = 0x04;
@@ -118,6 +119,74 @@ pub enum Socks5Error {
     Refused(ReplyCode),
     #[error("proxy reply has unknown address type {0:#04x}")]
     BadAddressType(u8),
+}
+
+/// Asks for a UDP association (RFC 1928 §7). `from` is the address our UDP
+/// socket will send from (all zeros if unknown). Returns the relay address
+/// the proxy told us to send datagrams to; the association lives as long as
+/// `stream` stays open.
+pub async fn associate<S>(
+    stream: &mut S,
+    from: SocketAddr,
+    credentials: Option<&Credentials>,
+) -> Result<Target, Socks5Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    negotiate_method(stream, credentials).await?;
+    send_request(stream, CMD_UDP_ASSOCIATE, &Target::Ip(from)).await?;
+    read_reply(stream).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UdpHeaderError {
+    #[error("datagram shorter than its SOCKS5 UDP header")]
+    Truncated,
+    #[error("fragmented SOCKS5 datagram (FRAG {0})")]
+    Fragmented(u8),
+    #[error("unknown address type {0:#04x} in a SOCKS5 datagram")]
+    BadAddressType(u8),
+}
+
+/// Writes the SOCKS5 UDP request header for `target` (RSV, FRAG 0, address).
+pub fn encode_udp_header(out: &mut Vec<u8>, target: &Target) -> Result<(), Socks5Error> {
+    out.extend_from_slice(&[0, 0, 0]);
+    encode_target(out, target)
+}
+
+/// Parses the SOCKS5 UDP header of a datagram from the relay: the remote
+/// it came from, and where its payload starts. Fragments are refused.
+pub fn decode_udp_header(datagram: &[u8]) -> Result<(Target, usize), UdpHeaderError> {
+    let [_, _, frag, atyp, rest @ ..] = datagram else {
+        return Err(UdpHeaderError::Truncated);
+    };
+    if *frag != 0 {
+        return Err(UdpHeaderError::Fragmented(*frag));
+    }
+    let port_at = |addr_len: usize| -> Result<u16, UdpHeaderError> {
+        let p = rest.get(addr_len..addr_len + 2).ok_or(UdpHeaderError::Truncated)?;
+        Ok(u16::from_be_bytes([p[0], p[1]]))
+    };
+    let (target, header_len) = match *atyp {
+        ATYP_IPV4 => {
+            let port = port_at(4)?;
+            let ip: [u8; 4] = rest[..4].try_into().expect("length checked by port_at");
+            (Target::Ip(SocketAddr::new(IpAddr::from(ip), port)), 4 + 4 + 2)
+        }
+        ATYP_IPV6 => {
+            let port = port_at(16)?;
+            let ip: [u8; 16] = rest[..16].try_into().expect("length checked by port_at");
+            (Target::Ip(SocketAddr::new(IpAddr::from(ip), port)), 4 + 16 + 2)
+        }
+        ATYP_DOMAIN => {
+            let len = usize::from(*rest.first().ok_or(UdpHeaderError::Truncated)?);
+            let port = port_at(1 + len)?;
+            let name = String::from_utf8_lossy(&rest[1..1 + len]).into_owned();
+            (Target::Domain(name, port), 4 + 1 + len + 2)
+        }
+        other => return Err(UdpHeaderError::BadAddressType(other)),
+    };
+    Ok((target, header_len))
 }
 
 /// Runs the greeting, optional authentication and CONNECT on `stream`,
@@ -367,6 +436,50 @@ mod tests {
         // The server hangs up mid-handshake.
         let eof = rt().block_on(exchange(target, None, vec![(vec![5, 1, 0], vec![5])]));
         assert!(matches!(eof, Err(Socks5Error::Io(_))));
+    }
+
+    #[test]
+    fn udp_associate_request() {
+        let from: SocketAddr = "10.0.1.1:5353".parse().unwrap();
+        let relay = rt().block_on(async {
+            let (mut client, mut server) = duplex(1024);
+            let server_task = tokio::spawn(async move {
+                let mut greeting = [0u8; 3];
+                server.read_exact(&mut greeting).await.unwrap();
+                assert_eq!(greeting, [5, 1, 0]);
+                server.write_all(&[5, 0]).await.unwrap();
+                let mut request = [0u8; 10];
+                server.read_exact(&mut request).await.unwrap();
+                assert_eq!(request, [5, 3, 0, 1, 10, 0, 1, 1, 0x14, 0xe9]);
+                server.write_all(&[5, 0, 0, 1, 10, 0, 1, 2, 0x9c, 0x40]).await.unwrap();
+                server
+            });
+            let relay = associate(&mut client, from, None).await;
+            drop(server_task.await.unwrap());
+            relay
+        });
+        assert_eq!(relay.unwrap(), Target::Ip("10.0.1.2:40000".parse().unwrap()));
+    }
+
+    #[test]
+    fn udp_header_round_trip_and_errors() {
+        for target in [
+            Target::Ip("10.0.2.2:7".parse().unwrap()),
+            Target::Ip("[fd00:2::2]:7".parse().unwrap()),
+            Target::Domain("service.test".into(), 53),
+        ] {
+            let mut datagram = Vec::new();
+            encode_udp_header(&mut datagram, &target).unwrap();
+            let header_len = datagram.len();
+            datagram.extend_from_slice(b"payload");
+            assert_eq!(decode_udp_header(&datagram), Ok((target, header_len)));
+            // Every truncation of the header is an error, never a panic.
+            for cut in 0..header_len {
+                assert_eq!(decode_udp_header(&datagram[..cut]), Err(UdpHeaderError::Truncated), "cut {cut}");
+            }
+        }
+        assert_eq!(decode_udp_header(&[0, 0, 1, 1, 0, 0, 0, 0, 0, 0]), Err(UdpHeaderError::Fragmented(1)));
+        assert_eq!(decode_udp_header(&[0, 0, 0, 9, 0, 0]), Err(UdpHeaderError::BadAddressType(9)));
     }
 
     #[test]
