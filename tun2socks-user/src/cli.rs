@@ -77,6 +77,14 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_half_open: usize,
 
+    /// Live UDP associations in all (split evenly over the workers); the oldest idle one is evicted when full.
+    #[arg(long, value_name = "N", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_udp_sessions: u32,
+
+    /// Seconds without a datagram either way after which a UDP association ends.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub udp_timeout: f64,
+
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -85,6 +93,10 @@ pub struct Cli {
 impl Cli {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.connect_timeout)
+    }
+
+    pub fn udp_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.udp_timeout)
     }
 
     pub fn table(&self) -> u32 {

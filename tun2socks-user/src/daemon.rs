@@ -17,7 +17,7 @@ use crate::cli::Cli;
 use crate::device::tun::{self, TunError, TunQueue};
 use crate::proxy::Upstream;
 use crate::setup::{self, ExistingDevice, SetupPlan};
-use crate::worker::{self, StackConfig, WorkerConfig, WorkerStats};
+use crate::worker::{self, StackConfig, UdpConfig, WorkerConfig, WorkerStats};
 use crate::{netns, steering};
 
 /// How long the start-up check waits for the proxy to accept a connection.
@@ -167,9 +167,21 @@ async fn run_workers(
         max_half_open: cli.max_half_open,
     };
     let workers = queues.len();
+    // Steering keeps each source endpoint on one worker, so an even split of
+    // the bound keeps the total within --max-udp-sessions.
+    let udp = UdpConfig {
+        max_sessions: (cli.max_udp_sessions as usize / workers).max(1),
+        idle_timeout: cli.udp_timeout(),
+    };
     let mut handles: Vec<JoinHandle<anyhow::Result<WorkerStats>>> = Vec::with_capacity(workers);
     for (index, queue) in queues.into_iter().enumerate() {
-        let config = WorkerConfig { index, cpu: Some(index % cpus), stack: stack.clone(), upstream: upstream.clone() };
+        let config = WorkerConfig {
+            index,
+            cpu: Some(index % cpus),
+            stack: stack.clone(),
+            udp: udp.clone(),
+            upstream: upstream.clone(),
+        };
         match worker::spawn(config, queue, stopped.clone()) {
             Ok(handle) => handles.push(handle),
             Err(e) => {

@@ -48,10 +48,11 @@ impl TcpFlags {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
     Tcp { key: FlowKey, flags: TcpFlags },
-    Udp { key: FlowKey },
+    /// `payload` is where the UDP payload lies in the packet.
+    Udp { key: FlowKey, payload: std::ops::Range<usize> },
     /// IP, but nothing we terminate (ICMP, fragments, extension headers...).
     Other,
     /// Too short or inconsistent to be an IP packet.
@@ -83,7 +84,7 @@ fn classify_v4(p: &[u8]) -> Classified {
     }
     let src = IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19]));
-    transport(p[9], src, dst, &p[ihl..total])
+    transport(p[9], src, dst, &p[ihl..total], ihl)
 }
 
 fn classify_v6(p: &[u8]) -> Classified {
@@ -99,10 +100,11 @@ fn classify_v6(p: &[u8]) -> Classified {
         a.copy_from_slice(&p[at..at + 16]);
         IpAddr::V6(Ipv6Addr::from(a))
     };
-    transport(p[6], addr(8), addr(24), &p[40..40 + payload_len])
+    transport(p[6], addr(8), addr(24), &p[40..40 + payload_len], 40)
 }
 
-fn transport(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8]) -> Classified {
+/// `l4` is the transport segment, which starts at `l4_offset` in the packet.
+fn transport(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8], l4_offset: usize) -> Classified {
     let min_len = match proto {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
@@ -114,7 +116,14 @@ fn transport(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8]) -> Classified {
     let sport = u16::from_be_bytes([l4[0], l4[1]]);
     let dport = u16::from_be_bytes([l4[2], l4[3]]);
     let key = FlowKey { client: SocketAddr::new(src, sport), dest: SocketAddr::new(dst, dport) };
-    if proto == PROTO_TCP { Classified::Tcp { key, flags: TcpFlags(l4[13]) } } else { Classified::Udp { key } }
+    if proto == PROTO_TCP {
+        return Classified::Tcp { key, flags: TcpFlags(l4[13]) };
+    }
+    let udp_len = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
+    if udp_len < 8 || udp_len > l4.len() {
+        return Classified::Malformed;
+    }
+    Classified::Udp { key, payload: l4_offset + 8..l4_offset + udp_len }
 }
 
 #[cfg(test)]
@@ -166,8 +175,77 @@ mod tests {
         p.extend_from_slice(&"fd00:1::1".parse::<Ipv6Addr>().unwrap().octets());
         p.extend_from_slice(&"fd00:2::2".parse::<Ipv6Addr>().unwrap().octets());
         p.extend_from_slice(&[0x13, 0x88, 0, 53, 0, 8, 0, 0]);
-        let Classified::Udp { key } = classify(&p) else { panic!("not udp") };
+        let mut bad_len = p.clone();
+        bad_len[45] = 9; // UDP length beyond the packet
+        assert_eq!(classify(&bad_len), Classified::Malformed);
+        let Classified::Udp { key, payload } = classify(&p) else { panic!("not udp") };
         assert_eq!(key.dest, "[fd00:2::2]:53".parse().unwrap());
+        assert_eq!(payload, 48..48);
         assert_eq!(classify(&p[..47]), Classified::Malformed);
+    }
+}
+
+/// Builds an IP/UDP packet from `src` to `dst` into `buf` (replacing its
+/// contents), with checksums. `None` when the families differ.
+pub fn write_udp(buf: &mut Vec<u8>, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<()> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr};
+
+    let udp = UdpRepr { src_port: src.port(), dst_port: dst.port() };
+    let udp_len = udp.header_len() + payload.len();
+    let caps = ChecksumCapabilities::default();
+    let (src_ip, dst_ip): (IpAddress, IpAddress) = (src.ip().into(), dst.ip().into());
+    let l4_offset = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ip = Ipv4Repr { src_addr: s, dst_addr: d, next_header: IpProtocol::Udp, payload_len: udp_len, hop_limit: 64 };
+            buf.clear();
+            buf.resize(ip.buffer_len() + udp_len, 0);
+            ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps);
+            ip.buffer_len()
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ip = Ipv6Repr { src_addr: s, dst_addr: d, next_header: IpProtocol::Udp, payload_len: udp_len, hop_limit: 64 };
+            buf.clear();
+            buf.resize(ip.buffer_len() + udp_len, 0);
+            ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
+            ip.buffer_len()
+        }
+        _ => return None,
+    };
+    let mut packet = UdpPacket::new_unchecked(&mut buf[l4_offset..]);
+    udp.emit(&mut packet, &src_ip, &dst_ip, payload.len(), |p| p.copy_from_slice(payload), &caps);
+    Some(())
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    #[test]
+    fn built_udp_packets_classify_back() {
+        let mut buf = Vec::new();
+        for (src, dst) in [("10.0.2.2:7", "10.0.1.1:40000"), ("[fd00:2::2]:7", "[fd00:1::1]:40000")] {
+            let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            write_udp(&mut buf, src, dst, b"hello").unwrap();
+            let Classified::Udp { key, payload } = classify(&buf) else { panic!("not udp") };
+            assert_eq!((key.client, key.dest), (src, dst));
+            assert_eq!(&buf[payload], b"hello");
+        }
+        let v4: SocketAddr = "10.0.2.2:7".parse().unwrap();
+        let v6: SocketAddr = "[fd00:2::2]:7".parse().unwrap();
+        assert!(write_udp(&mut buf, v4, v6, b"x").is_none());
+    }
+
+    #[test]
+    fn built_udp_checksum_is_valid() {
+        use smoltcp::phy::ChecksumCapabilities;
+        use smoltcp::wire::{Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr};
+        let mut buf = Vec::new();
+        write_udp(&mut buf, "10.0.2.2:7".parse().unwrap(), "10.0.1.1:9".parse().unwrap(), b"abc").unwrap();
+        let ip = Ipv4Packet::new_checked(&buf[..]).unwrap();
+        let caps = ChecksumCapabilities::default();
+        let repr = Ipv4Repr::parse(&ip, &caps).unwrap();
+        let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert!(UdpRepr::parse(&udp, &repr.src_addr.into(), &repr.dst_addr.into(), &caps).is_ok());
     }
 }

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 pub use socks5::{Credentials, Target};
 
@@ -142,6 +142,18 @@ pub enum UpstreamError {
     Handshake { target: Target, source: socks5::Socks5Error },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("UDP association socket: {0}")]
+    Udp(io::Error),
+    #[error("proxy named a relay we cannot send to: {0}")]
+    BadRelay(Target),
+}
+
+/// A SOCKS5 UDP association: datagrams go through `socket` (connected to the
+/// proxy's relay); the association ends when `control` closes.
+#[derive(Debug)]
+pub struct UdpAssociation {
+    pub control: TcpStream,
+    pub socket: UdpSocket,
 }
 
 impl Upstream {
@@ -154,6 +166,32 @@ impl Upstream {
                 .await
                 .map_err(|source| UpstreamError::Handshake { target: target.clone(), source })?;
             Ok(stream)
+        };
+        tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.connect_timeout))?
+    }
+
+    /// Opens a UDP association, within the connect timeout.
+    pub async fn associate(&self) -> Result<UdpAssociation, UpstreamError> {
+        let attempt = async {
+            let mut control = self.connect_proxy().await?;
+            // Send from the address the proxy already sees us at, and tell it
+            // which port, so a strict proxy can match our datagrams.
+            let local = control.local_addr().map_err(UpstreamError::Udp)?;
+            let socket = marked_udp_socket(SocketAddr::new(local.ip(), 0), self.fwmark)?;
+            let from = socket.local_addr().map_err(UpstreamError::Udp)?;
+            let relay = socks5::associate(&mut control, from, self.credentials.as_ref())
+                .await
+                .map_err(|source| UpstreamError::Handshake { target: Target::Ip(from), source })?;
+            let relay = match relay {
+                // "Same host as the control connection" in practice.
+                Target::Ip(addr) if addr.ip().is_unspecified() => SocketAddr::new(self.proxy.ip(), addr.port()),
+                Target::Ip(addr) => addr,
+                other => return Err(UpstreamError::BadRelay(other)),
+            };
+            socket.connect(relay).await.map_err(UpstreamError::Udp)?;
+            Ok(UdpAssociation { control, socket })
         };
         tokio::time::timeout(self.connect_timeout, attempt)
             .await
@@ -181,6 +219,16 @@ fn marked_socket(peer: SocketAddr, fwmark: u32) -> Result<TcpSocket, UpstreamErr
         socket.set_mark(fwmark).map_err(UpstreamError::Mark)?;
     }
     Ok(TcpSocket::from_std_stream(socket.into()))
+}
+
+fn marked_udp_socket(bind: SocketAddr, fwmark: u32) -> Result<UdpSocket, UpstreamError> {
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))
+        .map_err(UpstreamError::Udp)?;
+    if fwmark != 0 {
+        socket.set_mark(fwmark).map_err(UpstreamError::Mark)?;
+    }
+    socket.bind(&bind.into()).map_err(UpstreamError::Udp)?;
+    UdpSocket::from_std(socket.into()).map_err(UpstreamError::Udp)
 }
 
 /// Makes the next close of `stream` send a RST instead of a FIN, so an

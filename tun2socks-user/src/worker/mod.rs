@@ -8,6 +8,7 @@ mod device;
 pub mod session;
 pub mod stack;
 pub mod stats;
+pub mod udp;
 
 use std::cell::RefCell;
 use std::io;
@@ -26,6 +27,7 @@ use crate::device::tun::TunQueue;
 use crate::proxy::Upstream;
 pub use stack::StackConfig;
 pub use stats::WorkerStats;
+pub use udp::UdpConfig;
 
 /// Packets read from the queue before the worker sends what it owes and lets
 /// its sessions run.
@@ -41,17 +43,22 @@ pub struct WorkerConfig {
     /// Core to pin to; `None` leaves placement to the scheduler.
     pub cpu: Option<usize>,
     pub stack: StackConfig,
+    pub udp: UdpConfig,
     pub upstream: Upstream,
 }
 
 /// What a worker's tasks share. Single-threaded by construction.
 pub struct Shared {
     pub stack: RefCell<Stack>,
+    pub udp: RefCell<UdpTable>,
     pub upstream: Upstream,
+    /// The worker's queue, for packets built outside smoltcp (UDP).
+    pub tun: Rc<TunQueue>,
     egress: Notify,
 }
 
-use stack::Stack;
+use stack::{Ingress, Stack};
+use udp::UdpTable;
 
 impl Shared {
     /// Asks the worker loop to run smoltcp's egress soon (after a session
@@ -116,7 +123,9 @@ async fn run(config: WorkerConfig, tun: TunQueue, mut shutdown: watch::Receiver<
     let seed = 0x7432_0000 ^ config.index as u64 ^ u64::from(std::process::id()) << 20;
     let shared = Rc::new(Shared {
         stack: RefCell::new(Stack::new(tun.clone(), config.stack.clone(), seed)),
+        udp: RefCell::new(UdpTable::new(config.udp.clone())),
         upstream: config.upstream.clone(),
+        tun: tun.clone(),
         egress: Notify::new(),
     });
     let mut buf = vec![0u8; READ_BUFFER];
@@ -148,14 +157,22 @@ async fn run(config: WorkerConfig, tun: TunQueue, mut shutdown: watch::Receiver<
         shared.stack.borrow_mut().egress();
     }
     let mut stack = shared.stack.borrow_mut();
-    debug!(live = stack.live_sessions(), "worker stopping, resetting open sessions");
+    let mut udp = shared.udp.borrow_mut();
+    debug!(tcp = stack.live_sessions(), udp = udp.live_sessions(), "worker stopping, resetting open sessions");
     stack.abort_all();
-    Ok(stack.stats.clone())
+    udp.clear();
+    let mut stats = stack.stats.clone();
+    stats.udp = udp.stats.clone();
+    Ok(stats)
 }
 
 fn ingress(shared: &Rc<Shared>, packet: &mut [u8]) {
-    let new_flow = shared.stack.borrow_mut().ingress(packet);
-    if let Some(stack::NewFlow(key)) = new_flow {
-        tokio::task::spawn_local(session::run(shared.clone(), key));
+    let next = shared.stack.borrow_mut().ingress(packet);
+    match next {
+        Ingress::Done => {}
+        Ingress::NewTcp(key) => {
+            tokio::task::spawn_local(session::run(shared.clone(), key));
+        }
+        Ingress::Udp { key, payload } => udp::ingress(shared, key, &packet[payload]),
     }
 }

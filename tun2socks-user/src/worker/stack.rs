@@ -40,9 +40,16 @@ enum Flow {
     Open(SocketHandle),
 }
 
-/// A connection request the worker must now connect upstream.
-#[derive(Debug, Clone, Copy)]
-pub struct NewFlow(pub FlowKey);
+/// What the worker must do with a packet after the stack has seen it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingress {
+    /// Nothing more (given to smoltcp, held, or dropped and counted).
+    Done,
+    /// A connection request to connect upstream.
+    NewTcp(FlowKey),
+    /// A UDP datagram; `payload` locates it in the packet.
+    Udp { key: FlowKey, payload: std::ops::Range<usize> },
+}
 
 pub struct Stack {
     iface: Interface,
@@ -51,7 +58,7 @@ pub struct Stack {
     /// Sessions that ended; their sockets go once smoltcp has nothing more
     /// to send for them (a final RST or ACK).
     closing: Vec<(FlowKey, SocketHandle)>,
-    tun: Rc<TunQueue>,
+    pub(super) tun: Rc<TunQueue>,
     tx_buf: Vec<u8>,
     pub stats: WorkerStats,
     config: StackConfig,
@@ -98,18 +105,19 @@ impl Stack {
     }
 
     /// Handles one packet read from the queue.
-    pub fn ingress(&mut self, packet: &mut [u8]) -> Option<NewFlow> {
+    pub fn ingress(&mut self, packet: &mut [u8]) -> Ingress {
         self.stats.packets_in += 1;
         self.stats.bytes_in += packet.len() as u64;
         let (key, flags) = match classify(packet) {
             Classified::Tcp { key, flags } => (key, flags),
+            Classified::Udp { key, payload } => return Ingress::Udp { key, payload },
             Classified::Malformed => {
                 self.stats.dropped_malformed += 1;
-                return None;
+                return Ingress::Done;
             }
-            Classified::Udp { .. } | Classified::Other => {
+            Classified::Other => {
                 self.stats.dropped_unsupported += 1;
-                return None;
+                return Ingress::Done;
             }
         };
         match self.flows.get(&key) {
@@ -122,7 +130,7 @@ impl Stack {
                 if socket.state() == tcp::State::Listen {
                     socket.abort();
                 }
-                None
+                Ingress::Done
             }
             Some(Flow::Pending { .. }) => {
                 // Retransmitted SYNs wait for the upstream; a reset withdraws
@@ -130,7 +138,7 @@ impl Stack {
                 if flags.rst() {
                     self.withdraw(&key);
                 }
-                None
+                Ingress::Done
             }
             None if flags.is_connection_request() => self.hold(key, packet),
             None => {
@@ -139,19 +147,19 @@ impl Stack {
                 }
                 // smoltcp answers a segment without a socket with a reset.
                 self.feed(packet);
-                None
+                Ingress::Done
             }
         }
     }
 
-    fn hold(&mut self, key: FlowKey, syn: &[u8]) -> Option<NewFlow> {
+    fn hold(&mut self, key: FlowKey, syn: &[u8]) -> Ingress {
         if self.half_open >= self.config.max_half_open {
             self.stats.syn_over_budget += 1;
-            return None;
+            return Ingress::Done;
         }
         self.half_open += 1;
         self.flows.insert(key, Flow::Pending { syn: syn.into() });
-        Some(NewFlow(key))
+        Ingress::NewTcp(key)
     }
 
     fn withdraw(&mut self, key: &FlowKey) {

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::udp::UdpStats;
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WorkerStats {
     pub packets_in: u64,
@@ -19,9 +21,10 @@ pub struct WorkerStats {
     /// working flow steering this stays 0 (a few are normal after resets).
     pub no_session_packets: u64,
     pub dropped_malformed: u64,
-    /// UDP, ICMP and other traffic this build does not terminate yet.
+    /// ICMP, fragments and other traffic this build does not terminate.
     pub dropped_unsupported: u64,
     pub tun_write_errors: u64,
+    pub udp: UdpStats,
 }
 
 impl WorkerStats {
@@ -37,6 +40,15 @@ impl WorkerStats {
         self.dropped_malformed += other.dropped_malformed;
         self.dropped_unsupported += other.dropped_unsupported;
         self.tun_write_errors += other.tun_write_errors;
+        let (u, o) = (&mut self.udp, &other.udp);
+        u.sessions_opened += o.sessions_opened;
+        u.sessions_evicted += o.sessions_evicted;
+        u.sessions_failed += o.sessions_failed;
+        u.datagrams_out += o.datagrams_out;
+        u.datagrams_in += o.datagrams_in;
+        u.dropped_out += o.dropped_out;
+        u.dropped_in += o.dropped_in;
+        u.fragments_dropped += o.fragments_dropped;
     }
 }
 
@@ -47,7 +59,9 @@ impl fmt::Display for WorkerStats {
             f,
             "flows_accepted={} flows_refused={} syn_over_budget={} packets_in={} bytes_in={} \
              packets_out={} bytes_out={} no_session_packets={} dropped_malformed={} \
-             dropped_unsupported={} tun_write_errors={}",
+             dropped_unsupported={} tun_write_errors={} udp_sessions_opened={} udp_sessions_evicted={} \
+             udp_sessions_failed={} udp_datagrams_out={} udp_datagrams_in={} udp_dropped_out={} \
+             udp_dropped_in={} udp_fragments_dropped={}",
             self.flows_accepted,
             self.flows_refused,
             self.syn_over_budget,
@@ -58,7 +72,15 @@ impl fmt::Display for WorkerStats {
             self.no_session_packets,
             self.dropped_malformed,
             self.dropped_unsupported,
-            self.tun_write_errors
+            self.tun_write_errors,
+            self.udp.sessions_opened,
+            self.udp.sessions_evicted,
+            self.udp.sessions_failed,
+            self.udp.datagrams_out,
+            self.udp.datagrams_in,
+            self.udp.dropped_out,
+            self.udp.dropped_in,
+            self.udp.fragments_dropped
         )
     }
 }
