@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 use ipnet::IpNet;
 
+use crate::dns::DnsMode;
 use crate::proxy::ProxyUrl;
 
 pub const DEFAULT_FWMARK: u32 = 0x7432;
@@ -84,6 +85,24 @@ pub struct Cli {
     /// Seconds without a datagram either way after which a UDP association ends.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_seconds)]
     pub udp_timeout: f64,
+
+    /// DNS handling: udp (through the proxy's UDP association), over-tcp (queries as DNS over TCP
+    /// through a SOCKS5 CONNECT, for proxies without UDP), fake-ip (answer A/AAAA locally with fake
+    /// addresses and send connections to the proxy by name: no DNS leaves the host).
+    #[arg(long, value_name = "MODE", default_value = "udp")]
+    pub dns: DnsMode,
+
+    /// Where the fake-ip responder answers, inside the tunnel (repeatable) [default: 198.18.0.2 and fd74:3273::2].
+    #[arg(long = "dns-addr", value_name = "IP")]
+    pub dns_addrs: Vec<std::net::IpAddr>,
+
+    /// Resolver for the queries the fake-ip responder does not answer itself (asked over TCP through the proxy).
+    #[arg(long, value_name = "IP:PORT", default_value = "1.1.1.1:53")]
+    pub dns_upstream: std::net::SocketAddr,
+
+    /// Fake-IP pool range (repeatable, one per family) [default: 198.18.0.0/15 and fd74:3273:ffff::/64].
+    #[arg(long = "fake-ip-range", value_name = "CIDR")]
+    pub fake_ip_ranges: Vec<IpNet>,
 
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]

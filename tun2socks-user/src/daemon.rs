@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::cli::Cli;
 use crate::device::tun::{self, TunError, TunQueue};
+use crate::dns::{DnsMode, DnsService, FakeIpConfig, FakeIpPool};
 use crate::proxy::Upstream;
 use crate::setup::{self, ExistingDevice, SetupPlan};
 use crate::worker::{self, StackConfig, UdpConfig, WorkerConfig, WorkerStats};
@@ -58,9 +60,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
-    let plan = plan(&cli);
+    let addresses = if cli.addresses.is_empty() { default_addresses() } else { cli.addresses.clone() };
+    let dns = dns_service(&cli, &addresses)?;
+    let plan = plan(&cli, addresses, &dns);
     let applied = setup::apply(&plan).await.context("configuring the network")?;
-    let result = run_workers(&cli, upstream, queues, &mut sigterm, &mut sigint).await;
+    let result = run_workers(&cli, upstream, dns, queues, &mut sigterm, &mut sigint).await;
     if let Err(e) = applied.undo().await {
         error!(error = %e, "undoing the network setup was incomplete");
     }
@@ -128,9 +132,49 @@ fn ipv6_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6").is_ok_and(|v| v.trim() == "0")
 }
 
-fn plan(cli: &Cli) -> SetupPlan {
-    let addresses = if cli.addresses.is_empty() { default_addresses() } else { cli.addresses.clone() };
-    let routes = if cli.routes.is_empty() {
+fn default_dns_addrs() -> Vec<IpAddr> {
+    let mut addrs = vec![IpAddr::from([198, 18, 0, 2])];
+    if ipv6_enabled() {
+        addrs.push("fd74:3273::2".parse().expect("valid default"));
+    }
+    addrs
+}
+
+/// The DNS handling every worker shares; in fake-ip mode it owns the pool.
+fn dns_service(cli: &Cli, device: &[IpNet]) -> anyhow::Result<Arc<DnsService>> {
+    let listen = if cli.dns_addrs.is_empty() { default_dns_addrs() } else { cli.dns_addrs.clone() };
+    if let Some(own) = listen.iter().find(|a| device.iter().any(|net| net.addr() == **a)) {
+        bail!("--dns-addr {own} is the device's own address, which the kernel answers; choose another address routed into the device");
+    }
+    let pool = match cli.dns {
+        DnsMode::FakeIp => Some(Arc::new(fake_ip_pool(cli, device, &listen)?)),
+        DnsMode::Udp | DnsMode::OverTcp => None,
+    };
+    Ok(Arc::new(DnsService::new(cli.dns, listen, cli.dns_upstream, pool)))
+}
+
+fn fake_ip_pool(cli: &Cli, device: &[IpNet], listen: &[IpAddr]) -> anyhow::Result<FakeIpPool> {
+    let mut config = FakeIpConfig::default();
+    if !cli.fake_ip_ranges.is_empty() {
+        let (mut v4, mut v6) = (None, None);
+        for range in &cli.fake_ip_ranges {
+            let slot_taken = match range {
+                IpNet::V4(net) => v4.replace(*net).is_some(),
+                IpNet::V6(net) => v6.replace(*net).is_some(),
+            };
+            if slot_taken {
+                bail!("--fake-ip-range: give at most one range per address family");
+            }
+        }
+        (config.ipv4, config.ipv6) = (v4, v6);
+    }
+    // Never hand out the device's addresses or the responder's.
+    config.exclude = device.iter().map(IpNet::trunc).chain(listen.iter().map(|a| IpNet::from(*a))).collect();
+    FakeIpPool::new(config).context("setting up the fake-IP pool")
+}
+
+fn plan(cli: &Cli, addresses: Vec<IpNet>, dns: &DnsService) -> SetupPlan {
+    let mut routes = if cli.routes.is_empty() {
         let mut routes = vec![IpNet::new(IpAddr::from([0u8; 4]), 0).expect("valid")];
         if ipv6_enabled() {
             routes.push(IpNet::new(IpAddr::from([0u8; 16]), 0).expect("valid"));
@@ -139,6 +183,12 @@ fn plan(cli: &Cli) -> SetupPlan {
     } else {
         cli.routes.clone()
     };
+    if let Some(pool) = dns.pool() {
+        // Fake addresses and the responder must reach the device whatever
+        // --route says.
+        routes.extend(pool.ranges());
+        routes.extend(dns.listen.iter().map(|a| IpNet::from(*a)));
+    }
     SetupPlan {
         device: cli.device.clone(),
         mtu: cli.mtu,
@@ -154,6 +204,7 @@ fn plan(cli: &Cli) -> SetupPlan {
 async fn run_workers(
     cli: &Cli,
     upstream: Upstream,
+    dns: Arc<DnsService>,
     queues: Vec<TunQueue>,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
@@ -181,6 +232,7 @@ async fn run_workers(
             stack: stack.clone(),
             udp: udp.clone(),
             upstream: upstream.clone(),
+            dns: Some(dns.clone()),
         };
         match worker::spawn(config, queue, stopped.clone()) {
             Ok(handle) => handles.push(handle),
@@ -191,7 +243,13 @@ async fn run_workers(
             }
         }
     }
-    info!(device = %cli.device, workers, proxy = %cli.proxy.redacted(), "tun2socks ready");
+    let dns_addrs: Vec<String> = dns.listen.iter().map(ToString::to_string).collect();
+    match dns.mode {
+        DnsMode::FakeIp => info!(addresses = %dns_addrs.join(", "), "fake-ip DNS responder listening"),
+        DnsMode::OverTcp => info!("DNS queries go over TCP through the proxy"),
+        DnsMode::Udp => {}
+    }
+    info!(device = %cli.device, workers, proxy = %cli.proxy.redacted(), dns = %dns.mode, "tun2socks ready");
 
     let mut ticker = tokio::time::interval(WORKER_CHECK_INTERVAL);
     let outcome = loop {

@@ -130,6 +130,8 @@ pub struct FakeIpPool {
     /// Read-only copies of the ranges, so that `contains` needs no lock.
     v4: Option<AddrRange>,
     v6: Option<AddrRange>,
+    /// The configured ranges, for routing them into the device.
+    nets: Vec<IpNet>,
     capacity: usize,
     ttl: Duration,
     /// Whether the last allocation failed, so "full" is logged once per
@@ -176,10 +178,12 @@ impl FakeIpPool {
         let capacity = capacity
             .min(MAX_CAPACITY)
             .min(usize::try_from(usable).unwrap_or(usize::MAX));
+        let nets = ipv4.map(IpNet::V4).into_iter().chain(ipv6.map(IpNet::V6)).collect();
         Ok(Self {
             table: Mutex::new(Table::new(v4.clone(), v6.clone(), capacity, ttl)),
             v4,
             v6,
+            nets,
             capacity,
             ttl,
             full: AtomicBool::new(false),
@@ -239,6 +243,11 @@ impl FakeIpPool {
     }
 
     /// TTL to put in answers.
+    /// The ranges fake addresses come from.
+    pub fn ranges(&self) -> Vec<IpNet> {
+        self.nets.clone()
+    }
+
     pub fn ttl(&self) -> Duration {
         self.ttl
     }

@@ -6,6 +6,7 @@
 pub mod fake_ip;
 mod fuzz;
 pub mod responder;
+pub mod service;
 pub mod tcp;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use std::str::FromStr;
 pub use fake_ip::{FakeAddrs, FakeIpConfig, FakeIpConfigError, FakeIpError, FakeIpPool, PinGuard};
 pub use fuzz::{fuzz_frame_reader, fuzz_responder};
 pub use responder::{Reply, Responder};
+pub use service::{DnsRoute, DnsService};
 pub use tcp::{FrameError, FrameReader, frame};
 
 /// How DNS queries from the tunnel are resolved (`--dns MODE`).

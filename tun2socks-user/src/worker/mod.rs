@@ -5,12 +5,13 @@
 //! `RefCell` that only this thread's tasks touch.
 
 mod device;
+pub mod dns;
 pub mod session;
 pub mod stack;
 pub mod stats;
 pub mod udp;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -24,6 +25,8 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info_span, warn};
 
 use crate::device::tun::TunQueue;
+use crate::dns::DnsService;
+use std::sync::Arc;
 use crate::proxy::Upstream;
 pub use stack::StackConfig;
 pub use stats::WorkerStats;
@@ -45,6 +48,7 @@ pub struct WorkerConfig {
     pub stack: StackConfig,
     pub udp: UdpConfig,
     pub upstream: Upstream,
+    pub dns: Option<Arc<DnsService>>,
 }
 
 /// What a worker's tasks share. Single-threaded by construction.
@@ -52,6 +56,9 @@ pub struct Shared {
     pub stack: RefCell<Stack>,
     pub udp: RefCell<UdpTable>,
     pub upstream: Upstream,
+    pub dns: Option<Arc<DnsService>>,
+    pub dns_stats: RefCell<dns::DnsStats>,
+    pub dns_in_flight: Cell<usize>,
     /// The worker's queue, for packets built outside smoltcp (UDP).
     pub tun: Rc<TunQueue>,
     egress: Notify,
@@ -125,6 +132,9 @@ async fn run(config: WorkerConfig, tun: TunQueue, mut shutdown: watch::Receiver<
         stack: RefCell::new(Stack::new(tun.clone(), config.stack.clone(), seed)),
         udp: RefCell::new(UdpTable::new(config.udp.clone())),
         upstream: config.upstream.clone(),
+        dns: config.dns.clone(),
+        dns_stats: RefCell::default(),
+        dns_in_flight: Cell::new(0),
         tun: tun.clone(),
         egress: Notify::new(),
     });
@@ -163,6 +173,7 @@ async fn run(config: WorkerConfig, tun: TunQueue, mut shutdown: watch::Receiver<
     udp.clear();
     let mut stats = stack.stats.clone();
     stats.udp = udp.stats.clone();
+    stats.dns = shared.dns_stats.borrow().clone();
     Ok(stats)
 }
 

@@ -24,7 +24,20 @@ use crate::packet::FlowKey;
 use crate::proxy::{Target, reset_on_close};
 
 pub async fn run(shared: Rc<Shared>, key: FlowKey) {
-    let stream = match shared.upstream.connect(&Target::Ip(key.dest)).await {
+    // A fake-IP destination goes to the proxy as the name it stands for,
+    // pinned so that the address is not reused while this session lives.
+    let pool = shared.dns.as_deref().and_then(|d| d.pool()).filter(|p| p.contains(key.dest.ip()));
+    let (target, _pin) = match pool.map(|p| p.resolve(key.dest.ip())) {
+        None => (Target::Ip(key.dest), None),
+        Some(Some(pin)) => (Target::Domain(pin.name().to_owned(), key.dest.port()), Some(pin)),
+        Some(None) => {
+            debug!(flow = %key, "connection to a fake address that maps to no name, refusing");
+            shared.stack.borrow_mut().refuse(key);
+            shared.want_egress();
+            return;
+        }
+    };
+    let stream = match shared.upstream.connect(&target).await {
         Ok(stream) => stream,
         Err(error) => {
             debug!(flow = %key, %error, "upstream failed, refusing the connection");

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::dns::DnsStats;
 use super::udp::UdpStats;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -25,6 +26,7 @@ pub struct WorkerStats {
     pub dropped_unsupported: u64,
     pub tun_write_errors: u64,
     pub udp: UdpStats,
+    pub dns: DnsStats,
 }
 
 impl WorkerStats {
@@ -49,6 +51,11 @@ impl WorkerStats {
         u.dropped_out += o.dropped_out;
         u.dropped_in += o.dropped_in;
         u.fragments_dropped += o.fragments_dropped;
+        let (d, o) = (&mut self.dns, &other.dns);
+        d.answered_locally += o.answered_locally;
+        d.sent_over_tcp += o.sent_over_tcp;
+        d.failed += o.failed;
+        d.dropped += o.dropped;
     }
 }
 
@@ -61,7 +68,8 @@ impl fmt::Display for WorkerStats {
              packets_out={} bytes_out={} no_session_packets={} dropped_malformed={} \
              dropped_unsupported={} tun_write_errors={} udp_sessions_opened={} udp_sessions_evicted={} \
              udp_sessions_failed={} udp_datagrams_out={} udp_datagrams_in={} udp_dropped_out={} \
-             udp_dropped_in={} udp_fragments_dropped={}",
+             udp_dropped_in={} udp_fragments_dropped={} dns_answered_locally={} dns_sent_over_tcp={} \
+             dns_failed={} dns_dropped={}",
             self.flows_accepted,
             self.flows_refused,
             self.syn_over_budget,
@@ -80,7 +88,11 @@ impl fmt::Display for WorkerStats {
             self.udp.datagrams_in,
             self.udp.dropped_out,
             self.udp.dropped_in,
-            self.udp.fragments_dropped
+            self.udp.fragments_dropped,
+            self.dns.answered_locally,
+            self.dns.sent_over_tcp,
+            self.dns.failed,
+            self.dns.dropped
         )
     }
 }

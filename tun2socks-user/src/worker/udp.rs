@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
@@ -18,7 +19,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::Shared;
+use super::{Shared, dns};
+use crate::dns::{DnsRoute, FakeIpPool, PinGuard};
 use crate::packet::{FlowKey, write_udp};
 use crate::proxy::socks5::{UdpHeaderError, decode_udp_header, encode_udp_header};
 use crate::proxy::{Target, UdpAssociation};
@@ -27,6 +29,9 @@ use crate::proxy::{Target, UdpAssociation};
 const MAX_QUEUED: usize = 32;
 /// Largest datagram read from a relay.
 const RECV_BUFFER: usize = 65_536;
+/// Distinct remotes remembered per session for mapping replies back to
+/// fake addresses.
+const MAX_PEERS: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct UdpConfig {
@@ -60,8 +65,54 @@ struct Session {
     id: u64,
     last_active: Instant,
     state: State,
+    peers: Peers,
     /// Dropping it (eviction, shutdown) ends the session's task.
     _cancel: oneshot::Sender<()>,
+}
+
+/// Whom a session has sent to. Fake-IP destinations are resolved to their
+/// name once per session (not per datagram: the pool has a lock) and pinned
+/// while the session lives. A relay reports the real address that sent a
+/// reply; one from a port we sent to by name, from an address we never
+/// sent to directly, is given back the fake address the application used.
+#[derive(Default)]
+struct Peers {
+    fake: Vec<FakePeer>,
+    direct: Vec<SocketAddr>,
+}
+
+struct FakePeer {
+    addr: SocketAddr,
+    pin: PinGuard,
+}
+
+impl Peers {
+    /// The proxy-side target for `dest`; `None` for a fake address the pool
+    /// does not know (stale), which is dropped.
+    fn target(&mut self, dest: SocketAddr, pool: Option<&Arc<FakeIpPool>>) -> Option<Target> {
+        let Some(pool) = pool.filter(|p| p.contains(dest.ip())) else {
+            if self.direct.len() < MAX_PEERS && !self.direct.contains(&dest) {
+                self.direct.push(dest);
+            }
+            return Some(Target::Ip(dest));
+        };
+        if let Some(peer) = self.fake.iter().find(|p| p.addr == dest) {
+            return Some(Target::Domain(peer.pin.name().to_owned(), dest.port()));
+        }
+        let pin = pool.resolve(dest.ip())?;
+        let target = Target::Domain(pin.name().to_owned(), dest.port());
+        if self.fake.len() < MAX_PEERS {
+            self.fake.push(FakePeer { addr: dest, pin });
+        }
+        Some(target)
+    }
+
+    fn reply_source(&self, remote: SocketAddr) -> SocketAddr {
+        if self.fake.is_empty() || self.direct.contains(&remote) {
+            return remote;
+        }
+        self.fake.iter().find(|p| p.addr.port() == remote.port()).map_or(remote, |p| p.addr)
+    }
 }
 
 pub struct UdpTable {
@@ -83,9 +134,20 @@ impl UdpTable {
 
     /// Sends one datagram; `None` if it went out or was queued or dropped,
     /// `Some(receiver)` when a new session must be started for it.
-    fn outbound(&mut self, client: SocketAddr, target: Target, payload: &[u8], now: Instant) -> Option<(u64, oneshot::Receiver<()>)> {
+    fn outbound(
+        &mut self,
+        key: FlowKey,
+        pool: Option<&Arc<FakeIpPool>>,
+        payload: &[u8],
+        now: Instant,
+    ) -> Option<(u64, oneshot::Receiver<()>)> {
+        let client = key.client;
         if let Some(session) = self.sessions.get_mut(&client) {
             session.last_active = now;
+            let Some(target) = session.peers.target(key.dest, pool) else {
+                self.stats.dropped_out += 1;
+                return None;
+            };
             match &mut session.state {
                 State::Ready(socket) => {
                     let socket = socket.clone();
@@ -96,6 +158,11 @@ impl UdpTable {
             }
             return None;
         }
+        let mut peers = Peers::default();
+        let Some(target) = peers.target(key.dest, pool) else {
+            self.stats.dropped_out += 1;
+            return None;
+        };
         if self.sessions.len() >= self.config.max_sessions.max(1) {
             self.evict_oldest();
         }
@@ -103,7 +170,8 @@ impl UdpTable {
         let id = self.next_id;
         self.next_id += 1;
         let queue = VecDeque::from([(target, Box::<[u8]>::from(payload))]);
-        self.sessions.insert(client, Session { id, last_active: now, state: State::Associating(queue), _cancel: cancel });
+        let state = State::Associating(queue);
+        self.sessions.insert(client, Session { id, last_active: now, state, peers, _cancel: cancel });
         self.stats.sessions_opened += 1;
         Some((id, cancelled))
     }
@@ -154,9 +222,15 @@ impl UdpTable {
         self.sessions.get(&client).filter(|s| s.id == id).map(|s| now.saturating_duration_since(s.last_active))
     }
 
-    fn touch(&mut self, client: SocketAddr) {
-        if let Some(s) = self.sessions.get_mut(&client) {
-            s.last_active = Instant::now();
+    /// A reply arrived: the session is active, and this is the address the
+    /// application should see it come from.
+    fn reply_source(&mut self, client: SocketAddr, remote: SocketAddr) -> SocketAddr {
+        match self.sessions.get_mut(&client) {
+            Some(s) => {
+                s.last_active = Instant::now();
+                s.peers.reply_source(remote)
+            }
+            None => remote,
         }
     }
 
@@ -168,8 +242,14 @@ impl UdpTable {
 
 /// An application datagram read from the queue.
 pub fn ingress(shared: &Rc<Shared>, key: FlowKey, payload: &[u8]) {
-    let target = Target::Ip(key.dest);
-    let started = shared.udp.borrow_mut().outbound(key.client, target, payload, Instant::now());
+    let service = shared.dns.as_deref();
+    match service.map_or(DnsRoute::Pass, |d| d.route(&key)) {
+        DnsRoute::Local => return dns::local(shared, key, payload),
+        DnsRoute::OverTcp(server) => return dns::over_tcp(shared, key, server, payload),
+        DnsRoute::Pass => {}
+    }
+    let pool = service.and_then(|d| d.pool());
+    let started = shared.udp.borrow_mut().outbound(key, pool, payload, Instant::now());
     if let Some((id, cancelled)) = started {
         tokio::task::spawn_local(run(shared.clone(), key.client, id, cancelled));
     }
@@ -243,16 +323,13 @@ fn deliver(shared: &Shared, client: SocketAddr, datagram: &[u8], packet: &mut Ve
             return;
         }
     };
-    let remote = unmap_v4(remote, client);
+    let remote = udp.reply_source(client, unmap_v4(remote, client));
     if write_udp(packet, remote, client, &datagram[offset..]).is_none() {
         udp.stats.dropped_in += 1;
         return;
     }
     match shared.tun.send(packet) {
-        Ok(_) => {
-            udp.stats.datagrams_in += 1;
-            udp.touch(client);
-        }
+        Ok(_) => udp.stats.datagrams_in += 1,
         Err(_) => udp.stats.dropped_in += 1,
     }
 }
