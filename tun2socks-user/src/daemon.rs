@@ -168,8 +168,15 @@ fn fake_ip_pool(cli: &Cli, device: &[IpNet], listen: &[IpAddr]) -> anyhow::Resul
         }
         (config.ipv4, config.ipv6) = (v4, v6);
     }
-    // Never hand out the device's addresses or the responder's.
-    config.exclude = device.iter().map(IpNet::trunc).chain(listen.iter().map(|a| IpNet::from(*a))).collect();
+    // Never hand out the device's addresses or the responder's, nor a
+    // range's first address (IPv6's subnet-router anycast address).
+    let firsts = [config.ipv4.map(|n| IpNet::from(IpAddr::V4(n.network()))), config.ipv6.map(|n| IpNet::from(IpAddr::V6(n.network())))];
+    config.exclude = device
+        .iter()
+        .map(IpNet::trunc)
+        .chain(listen.iter().map(|a| IpNet::from(*a)))
+        .chain(firsts.into_iter().flatten())
+        .collect();
     FakeIpPool::new(config).context("setting up the fake-IP pool")
 }
 
