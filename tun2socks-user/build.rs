@@ -24,17 +24,12 @@ enum Failure {
     /// A tool or setup problem, said in one line.
     Setup(String),
     /// The build itself failed; the compiler's diagnostics follow the summary.
-    Build {
-        summary: String,
-        diagnostics: String,
-    },
+    Build { summary: String, diagnostics: String },
 }
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let workspace = manifest_dir
-        .parent()
-        .expect("tun2socks-user lives in the workspace");
+    let workspace = manifest_dir.parent().expect("tun2socks-user lives in the workspace");
     let ebpf_dir = workspace.join("tun2socks-ebpf");
     watch(&ebpf_dir);
 
@@ -46,10 +41,7 @@ fn main() {
         Err(Failure::Setup(message)) => println!("cargo::error={message}"),
         // Compiler diagnostics are many lines: exiting with an error makes
         // cargo show them (this script's stderr) as they are.
-        Err(Failure::Build {
-            summary,
-            diagnostics,
-        }) => {
+        Err(Failure::Build { summary, diagnostics }) => {
             println!("cargo::error={summary}");
             eprintln!("{diagnostics}");
             std::process::exit(1);
@@ -76,14 +68,7 @@ fn build(ebpf_dir: &Path, target_dir: &Path, out_dir: &Path) -> Result<PathBuf, 
     check_tools()?;
     let output = nightly("cargo")
         .current_dir(ebpf_dir)
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            EBPF_BIN,
-            "--target",
-            EBPF_TARGET,
-        ])
+        .args(["build", "--release", "--bin", EBPF_BIN, "--target", EBPF_TARGET])
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(target_dir)
         .output()
@@ -115,11 +100,7 @@ fn build(ebpf_dir: &Path, target_dir: &Path, out_dir: &Path) -> Result<PathBuf, 
 /// Fails with one message naming what to install, rather than letting
 /// cargo or rustc fail with a wall of output.
 fn check_tools() -> Result<(), Failure> {
-    let missing = |what: &str| {
-        Failure::Setup(format!(
-            "building the eBPF programs needs {what}; {INSTALL_HINT}"
-        ))
-    };
+    let missing = |what: &str| Failure::Setup(format!("building the eBPF programs needs {what}; {INSTALL_HINT}"));
     let sysroot = run(nightly("rustc").args(["--print", "sysroot"]))
         .ok_or_else(|| missing("rustup and the nightly toolchain"))?;
     let rust_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
@@ -68,23 +68,29 @@ impl<'lab> Daemon<'lab> {
     }
 
     /// `tun2socks --netns <app> --proxy PROXY ARGS...` with `RUST_LOG=info`
-    /// (or `$T2S_DAEMON_LOG`) and no colours.
+    /// (or `$T2S_DAEMON_LOG`) and no colours, from [`Daemon::binary`].
     pub fn command(lab: &Lab, proxy: &str, args: &[&str]) -> Result<Command> {
-        let mut cmd = Command::new(Self::binary()?);
+        Ok(Self::command_with(&Self::binary()?, lab, proxy, args))
+    }
+
+    /// [`Daemon::command`] for a given binary.
+    pub fn command_with(binary: &Path, lab: &Lab, proxy: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary);
         cmd.args(["--netns", lab.app().name(), "--proxy", proxy])
             .args(args)
-            .env(
-                "RUST_LOG",
-                env::var("T2S_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", env::var("T2S_DAEMON_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .env_remove("RUST_BACKTRACE");
-        Ok(cmd)
+        cmd
     }
 
     /// Starts the daemon and waits (up to [`READY_TIMEOUT`]) for its `ready` line.
     pub fn start(lab: &'lab Lab, proxy: &str, args: &[&str]) -> Result<Self> {
-        let cmd = Self::command(lab, proxy, args)?;
+        Self::start_command(lab, Self::command(lab, proxy, args)?)
+    }
+
+    /// [`Daemon::start`] for a prepared command (see [`Daemon::command_with`]).
+    pub fn start_command(lab: &'lab Lab, cmd: Command) -> Result<Self> {
         let process = Process::spawn("tun2socks", cmd, &lab.log_path("tun2socks"))?;
         let mut daemon = Daemon { lab, process };
         poll("tun2socks to log `ready`", READY_TIMEOUT, || {
@@ -114,13 +120,19 @@ impl<'lab> Daemon<'lab> {
     }
 
     /// SIGTERM, then waits (up to [`STOP_TIMEOUT`]) for the exit.
-    pub fn stop(mut self) -> Result<DaemonExit> {
+    pub fn stop(self) -> Result<DaemonExit> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT), then waits (up to [`STOP_TIMEOUT`])
+    /// for the exit.
+    pub fn stop_with(mut self, signal: i32) -> Result<DaemonExit> {
         self.ensure_running()?;
-        self.process.signal(libc::SIGTERM)?;
+        self.process.signal(signal)?;
         let status = self
             .process
             .wait_exit(STOP_TIMEOUT)
-            .with_context(|| format!("tun2socks after SIGTERM; log:\n{}", self.log()))?;
+            .with_context(|| format!("tun2socks after signal {signal}; log:\n{}", self.log()))?;
         Ok(DaemonExit::new(status, self.log()))
     }
 }
@@ -128,7 +140,12 @@ impl<'lab> Daemon<'lab> {
 /// Runs the daemon to completion (for runs expected to fail at start), killing
 /// it if it is still running after `timeout`.
 pub fn run_to_exit(lab: &Lab, proxy: &str, args: &[&str], timeout: Duration) -> Result<DaemonExit> {
-    let cmd = Daemon::command(lab, proxy, args)?;
+    run_command_to_exit(lab, Daemon::command(lab, proxy, args)?, timeout)
+}
+
+/// [`run_to_exit`] for a prepared command (e.g. [`Daemon::command`] wrapped in
+/// `setpriv`).
+pub fn run_command_to_exit(lab: &Lab, cmd: Command, timeout: Duration) -> Result<DaemonExit> {
     let mut process = Process::spawn("tun2socks", cmd, &lab.log_path("tun2socks"))?;
     let status = process
         .wait_exit(timeout)
@@ -139,11 +156,7 @@ pub fn run_to_exit(lab: &Lab, proxy: &str, args: &[&str], timeout: Duration) -> 
 impl DaemonExit {
     fn new(status: ExitStatus, log: String) -> Self {
         let workers = WorkerStats::parse_log(&log);
-        DaemonExit {
-            status,
-            workers,
-            log,
-        }
+        DaemonExit { status, workers, log }
     }
 
     /// Sum of one counter over all workers (missing counts as 0).

@@ -17,18 +17,14 @@ impl Netns {
     /// Creates the namespace and brings its loopback up.
     pub fn create(name: &str) -> Result<Self> {
         ip(&["netns", "add", name]).with_context(|| format!("creating namespace {name}"))?;
-        let ns = Netns {
-            name: name.to_owned(),
-        };
+        let ns = Netns { name: name.to_owned() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
 
     /// Takes ownership of an existing namespace: it is deleted on drop.
     pub fn adopt(name: &str) -> Self {
-        Netns {
-            name: name.to_owned(),
-        }
+        Netns { name: name.to_owned() }
     }
 
     pub fn name(&self) -> &str {

@@ -30,10 +30,7 @@ impl Process {
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
         Ok(Process {
             name: name.to_owned(),
@@ -83,8 +80,7 @@ impl Process {
         }
         // SAFETY: kill(2) on our own child's pid, which is not yet reaped.
         if unsafe { libc::kill(self.pid() as i32, signal) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("signalling {}", self.name));
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("signalling {}", self.name));
         }
         Ok(())
     }

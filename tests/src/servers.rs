@@ -96,8 +96,12 @@ socks pass {{ from: 0/0 to: 0/0 log: error }}
         self.spawn_server("microsocks", open, &[port::MICROSOCKS])?;
 
         let mut auth = self.proxy().command("microsocks");
-        auth.args(["-i", "::", "-p", &port::MICROSOCKS_AUTH.to_string()])
-            .args(["-u", MICROSOCKS_USER, "-P", MICROSOCKS_PASS]);
+        auth.args(["-i", "::", "-p", &port::MICROSOCKS_AUTH.to_string()]).args([
+            "-u",
+            MICROSOCKS_USER,
+            "-P",
+            MICROSOCKS_PASS,
+        ]);
         self.spawn_server("microsocks-auth", auth, &[port::MICROSOCKS_AUTH])
     }
 

@@ -31,19 +31,11 @@ pub mod addr {
     pub const SRV_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 2);
 
     pub const fn proxy(v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(PROXY_V6)
-        } else {
-            IpAddr::V4(PROXY_V4)
-        }
+        if v6 { IpAddr::V6(PROXY_V6) } else { IpAddr::V4(PROXY_V4) }
     }
 
     pub const fn srv(v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(SRV_V6)
-        } else {
-            IpAddr::V4(SRV_V4)
-        }
+        if v6 { IpAddr::V6(SRV_V6) } else { IpAddr::V4(SRV_V4) }
     }
 }
 
@@ -159,13 +151,7 @@ impl Lab {
     }
 
     /// Runs a short command in `ns`, bounded by `timeout`.
-    pub fn run_in(
-        &self,
-        ns: &Netns,
-        program: &str,
-        args: &[&str],
-        timeout: Duration,
-    ) -> Result<Output> {
+    pub fn run_in(&self, ns: &Netns, program: &str, args: &[&str], timeout: Duration) -> Result<Output> {
         let mut cmd = ns.command(program);
         cmd.args(args);
         process::output_within(cmd, timeout)
@@ -173,12 +159,25 @@ impl Lab {
 
     /// `curl URL` from `app`: the body, or an error with curl's message.
     pub fn curl(&self, url: &str) -> Result<String> {
+        self.curl_via(None, url)
+    }
+
+    /// `curl [--proxy PROXY] URL` from `app` (no proxy from the environment).
+    pub fn curl_via(&self, proxy: Option<&str>, url: &str) -> Result<String> {
         let mut cmd = self.app.command("curl");
-        cmd.args(["--silent", "--show-error", "--fail", "--max-time", "10"])
-            .args(["--noproxy", "*", url])
-            .env_remove("ALL_PROXY")
-            .env_remove("all_proxy");
-        process::checked_output(cmd, Duration::from_secs(15)).with_context(|| format!("curl {url}"))
+        cmd.args(["--silent", "--show-error", "--fail", "--max-time", "10"]);
+        match proxy {
+            Some(proxy) => cmd.args(["--proxy", proxy]),
+            None => cmd.args(["--noproxy", "*"]),
+        };
+        cmd.arg(url);
+        for var in ["ALL_PROXY", "all_proxy", "http_proxy", "HTTPS_PROXY", "https_proxy"] {
+            cmd.env_remove(var);
+        }
+        process::checked_output(cmd, Duration::from_secs(15)).with_context(|| match proxy {
+            Some(proxy) => format!("curl --proxy {proxy} {url}"),
+            None => format!("curl {url}"),
+        })
     }
 
     /// Prints the tail of every log in the lab dir to stderr (shown by the test
@@ -228,10 +227,28 @@ fn new_netns(name: &str) -> Result<Netns> {
 /// only inside its lab's namespaces.
 fn wire(app: &Netns, proxy: &Netns, srv: &Netns) -> Result<()> {
     app.ip(&[
-        "link", "add", "app0", "type", "veth", "peer", "name", "proxy0", "netns", proxy.name(),
+        "link",
+        "add",
+        "app0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "proxy0",
+        "netns",
+        proxy.name(),
     ])?;
     proxy.ip(&[
-        "link", "add", "proxy1", "type", "veth", "peer", "name", "srv0", "netns", srv.name(),
+        "link",
+        "add",
+        "proxy1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "srv0",
+        "netns",
+        srv.name(),
     ])?;
     let addrs = [
         (app, "app0", "10.0.1.1/24"),
@@ -306,9 +323,7 @@ fn reap_stale() {
             Some(role) => ["app", "proxy", "srv"].contains(&role) && parts.next().is_none(),
         };
         match pid {
-            Some(pid) if prefix_ok && counter_ok && suffix_ok => {
-                !Path::new(&format!("/proc/{pid}")).exists()
-            }
+            Some(pid) if prefix_ok && counter_ok && suffix_ok => !Path::new(&format!("/proc/{pid}")).exists(),
             _ => false,
         }
     };

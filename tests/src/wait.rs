@@ -9,11 +9,7 @@ use anyhow::{Result, bail};
 ///
 /// The interval starts at 10 ms and doubles up to 200 ms, so fast events are
 /// seen quickly and slow ones cost little.
-pub fn poll<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
+pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     let mut interval = Duration::from_millis(10);
     loop {

@@ -104,17 +104,7 @@ impl FlowKey {
         let [s0, s1, s2, s3] = self.src;
         let [d0, d1, d2, d3] = self.dst;
         let ports = ((self.src_port as u32) << 16) | self.dst_port as u32;
-        [
-            s0,
-            s1,
-            s2,
-            s3,
-            d0,
-            d1,
-            d2,
-            d3,
-            ports ^ ((self.proto as u32) << 8),
-        ]
+        [s0, s1, s2, s3, d0, d1, d2, d3, ports ^ ((self.proto as u32) << 8)]
     }
 }
 
@@ -143,9 +133,7 @@ impl IpHeader {
                 u16::from_be_bytes([s0, s1]),
                 u16::from_be_bytes([d0, d1]),
             ),
-            (IPPROTO_UDP, Some([s0, s1, _, _])) => {
-                FlowKey::udp(self.src, u16::from_be_bytes([s0, s1]))
-            }
+            (IPPROTO_UDP, Some([s0, s1, _, _])) => FlowKey::udp(self.src, u16::from_be_bytes([s0, s1])),
             _ => FlowKey::addresses(self.src, self.dst),
         }
     }
@@ -215,14 +203,8 @@ const SEED: u32 = 0x7f4a_7c15;
 /// One MurmurHash3 (x86_32) body round.
 #[inline(always)]
 const fn mix(h: u32, word: u32) -> u32 {
-    let k = word
-        .wrapping_mul(0xcc9e_2d51)
-        .rotate_left(15)
-        .wrapping_mul(0x1b87_3593);
-    (h ^ k)
-        .rotate_left(13)
-        .wrapping_mul(5)
-        .wrapping_add(0xe654_6b64)
+    let k = word.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
 }
 
 /// MurmurHash3's finalizer: every input bit reaches every output bit, so the
@@ -261,11 +243,7 @@ pub const fn steering_value(hash: u32) -> u32 {
 /// there are none, as the kernel does).
 #[inline(always)]
 pub const fn queue_of(hash: u32, queues: u32) -> u32 {
-    if queues == 0 {
-        0
-    } else {
-        steering_value(hash) % queues
-    }
+    if queues == 0 { 0 } else { steering_value(hash) % queues }
 }
 
 /// The whole steering decision for one packet: the `steer` program's return

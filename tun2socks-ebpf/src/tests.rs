@@ -11,14 +11,7 @@ const IPV6_FRAGMENT: u8 = 44;
 
 /// An IPv4 packet with `options` 32-bit words of options and an 8-byte
 /// transport header whose first four bytes are the ports.
-fn ipv4_with(
-    proto: u8,
-    src: [u8; 4],
-    dst: [u8; 4],
-    ports: (u16, u16),
-    frag: u16,
-    options: usize,
-) -> Vec<u8> {
+fn ipv4_with(proto: u8, src: [u8; 4], dst: [u8; 4], ports: (u16, u16), frag: u16, options: usize) -> Vec<u8> {
     let mut p = Vec::new();
     p.push(0x40 | (5 + options as u8));
     p.extend_from_slice(&[0, 0, 0, 0, 0]);
@@ -89,10 +82,7 @@ fn udp_uses_the_source_endpoint_only() {
 #[test]
 fn other_protocols_use_addresses() {
     let k = key(&ipv4(ICMP, A, B, 0x0800, 0));
-    assert_eq!(
-        k,
-        FlowKey::addresses([0x0a00_0001, 0, 0, 0], [0x0a4d_0102, 0, 0, 0])
-    );
+    assert_eq!(k, FlowKey::addresses([0x0a00_0001, 0, 0, 0], [0x0a4d_0102, 0, 0, 0]));
 }
 
 #[test]
@@ -114,10 +104,7 @@ fn ipv4_fragments_use_addresses() {
 fn ipv4_options_move_the_ports() {
     let plain = key(&ipv4(IPPROTO_TCP, A, B, 1234, 80));
     for options in 1..=10 {
-        assert_eq!(
-            key(&ipv4_with(IPPROTO_TCP, A, B, (1234, 80), 0, options)),
-            plain
-        );
+        assert_eq!(key(&ipv4_with(IPPROTO_TCP, A, B, (1234, 80), 0, options)), plain);
     }
 }
 
@@ -126,10 +113,7 @@ fn ipv6_tcp_and_udp() {
     let k = key(&ipv6(IPPROTO_TCP, v6(1), v6(2), 40000, 443));
     let w = |last: u32| [0xfd77_0000, 0, 0, last];
     assert_eq!(k, FlowKey::tcp(w(1), w(2), 40000, 443));
-    assert_eq!(
-        key(&ipv6(IPPROTO_UDP, v6(1), v6(2), 7, 9)),
-        FlowKey::udp(w(1), 7)
-    );
+    assert_eq!(key(&ipv6(IPPROTO_UDP, v6(1), v6(2), 7, 9)), FlowKey::udp(w(1), 7));
 }
 
 #[test]
@@ -183,10 +167,7 @@ fn murmur3_reference(data: &[u8], seed: u32) -> u32 {
         for (i, b) in tail.iter().enumerate() {
             k |= u32::from(*b) << (8 * i);
         }
-        h ^= k
-            .wrapping_mul(0xcc9e_2d51)
-            .rotate_left(15)
-            .wrapping_mul(0x1b87_3593);
+        h ^= k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
     }
     finalize(h ^ data.len() as u32)
 }
@@ -197,10 +178,7 @@ fn hash_is_murmur3() {
     assert_eq!(murmur3_reference(b"", 0), 0);
     assert_eq!(murmur3_reference(b"", 1), 0x514e_28b7);
     assert_eq!(murmur3_reference(&[0x21, 0x43, 0x65, 0x87], 0), 0xf55b_516b);
-    assert_eq!(
-        murmur3_reference(b"Hello, world!", 0x9747_b28c),
-        0x2488_4cba
-    );
+    assert_eq!(murmur3_reference(b"Hello, world!", 0x9747_b28c), 0x2488_4cba);
     assert_eq!(
         murmur3_reference(b"The quick brown fox jumps over the lazy dog", 0x9747_b28c),
         0x2fa8_26cd
@@ -245,14 +223,8 @@ fn assert_even(name: &str, flows: impl Iterator<Item = Vec<u8>> + Clone) {
 fn flows_spread_evenly_over_2_to_16_queues() {
     let n = 8192u16;
     // One client, sequential ephemeral ports: the common case.
-    assert_even(
-        "tcp ports",
-        (0..n).map(|i| ipv4(IPPROTO_TCP, A, B, 32768 + i, 443)),
-    );
-    assert_even(
-        "udp ports",
-        (0..n).map(|i| ipv4(IPPROTO_UDP, A, B, 32768 + i, 53)),
-    );
+    assert_even("tcp ports", (0..n).map(|i| ipv4(IPPROTO_TCP, A, B, 32768 + i, 443)));
+    assert_even("udp ports", (0..n).map(|i| ipv4(IPPROTO_UDP, A, B, 32768 + i, 53)));
     // One source port, many servers.
     assert_even(
         "tcp servers",
@@ -261,15 +233,7 @@ fn flows_spread_evenly_over_2_to_16_queues() {
     // Many LAN clients behind a router.
     assert_even(
         "udp clients",
-        (0..n).map(|i| {
-            ipv4(
-                IPPROTO_UDP,
-                [192, 168, (i >> 8) as u8, i as u8],
-                B,
-                5000,
-                53,
-            )
-        }),
+        (0..n).map(|i| ipv4(IPPROTO_UDP, [192, 168, (i >> 8) as u8, i as u8], B, 5000, 53)),
     );
     assert_even(
         "v6 tcp ports",

@@ -131,7 +131,9 @@ impl Cli {
 }
 
 fn parse_device(s: &str) -> Result<String, String> {
-    let name = s.strip_prefix("tun://").ok_or_else(|| format!("{s:?}: expected tun://NAME"))?;
+    let name = s
+        .strip_prefix("tun://")
+        .ok_or_else(|| format!("{s:?}: expected tun://NAME"))?;
     crate::device::tun::validate_name(name).map_err(|e| e.to_string())?;
     Ok(name.to_string())
 }
@@ -194,14 +196,17 @@ mod tests {
             "app",
         ])
         .unwrap();
-        assert_eq!((cli.device.as_str(), cli.workers(), cli.mtu, cli.fwmark), ("t0", 2, 1500, 256));
+        assert_eq!(
+            (cli.device.as_str(), cli.workers(), cli.mtu, cli.fwmark),
+            ("t0", 2, 1500, 256)
+        );
         assert_eq!(cli.routes.len(), 2);
         assert_eq!(cli.netns.as_deref(), Some("app"));
     }
 
     #[test]
     fn bad_values_are_errors() {
-        assert!(parse(&["--proxy", "http://x:1"]).is_err());
+        assert!(parse(&["--proxy", "ftp://x:1"]).is_err());
         assert!(parse(&["--proxy", "socks5://x:1", "--device", "tap://x"]).is_err());
         assert!(parse(&["--proxy", "socks5://x:1", "--device", "tun://way-too-long-name0"]).is_err());
         assert!(parse(&["--proxy", "socks5://x:1", "--route", "10.0.0.0/33"]).is_err());

@@ -2,7 +2,7 @@
 //! attach steering, configure the network, start the workers, wait for a
 //! signal, and undo everything on the way out.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -50,7 +50,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let queues = tun::open_queues(&cli.device, workers).map_err(explain_tun_error)?;
     // Keeps the device (and its queue 0) alive until the network setup is
     // undone, even after the workers closed their queues.
-    let keepalive: OwnedFd = queues[0].as_fd().try_clone_to_owned().context("duplicating a TUN queue fd")?;
+    let keepalive: OwnedFd = queues[0]
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating a TUN queue fd")?;
     let _steering = match steering::attach(queues[0].as_fd()) {
         Ok(steering) => Some(steering),
         Err(e) => {
@@ -60,7 +63,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
-    let addresses = if cli.addresses.is_empty() { default_addresses() } else { cli.addresses.clone() };
+    let addresses = if cli.addresses.is_empty() {
+        default_addresses()
+    } else {
+        cli.addresses.clone()
+    };
     let dns = dns_service(&cli, &addresses)?;
     let plan = plan(&cli, addresses, &dns);
     let applied = setup::apply(&plan).await.context("configuring the network")?;
@@ -74,24 +81,38 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
 
 async fn upstream(cli: &Cli) -> anyhow::Result<Upstream> {
     // Resolved once, now, before any route points into the tunnel.
-    let proxy = cli.proxy.resolve().with_context(|| format!("resolving the proxy host {:?}", cli.proxy.host))?;
+    let proxy = cli
+        .proxy
+        .resolve()
+        .with_context(|| format!("resolving the proxy host {:?}", cli.proxy.host))?;
     let upstream = Upstream {
-        proxy,
+        kind: cli.proxy.kind,
+        proxy: proxy.unwrap_or(SocketAddr::from(([0u8; 4], 0))),
         credentials: cli.proxy.credentials.clone(),
         fwmark: cli.fwmark,
         connect_timeout: cli.connect_timeout(),
     };
+    if proxy.is_none() {
+        return Ok(upstream); // direct://: nothing to check
+    }
     match tokio::time::timeout(PROXY_CHECK_TIMEOUT, upstream.connect_proxy()).await {
         Ok(Ok(_)) => Ok(upstream),
         Ok(Err(e)) => Err(e).with_context(|| format!("proxy {} is unreachable", cli.proxy.redacted())),
-        Err(_) => bail!("proxy {} is unreachable: no answer within {PROXY_CHECK_TIMEOUT:?}", cli.proxy.redacted()),
+        Err(_) => bail!(
+            "proxy {} is unreachable: no answer within {PROXY_CHECK_TIMEOUT:?}",
+            cli.proxy.redacted()
+        ),
     }
 }
 
 async fn check_device(name: &str) -> anyhow::Result<()> {
     match setup::inspect_device(name).await.context("inspecting the device")? {
         ExistingDevice::Absent => Ok(()),
-        ExistingDevice::Tun { multi_queue: true, persistent, .. } => {
+        ExistingDevice::Tun {
+            multi_queue: true,
+            persistent,
+            ..
+        } => {
             info!(device = name, persistent, "adopting an existing multi-queue TUN device");
             Ok(())
         }
@@ -114,7 +135,8 @@ fn explain_tun_error(e: TunError) -> anyhow::Error {
         TunError::BadName(_) => false,
     };
     if denied {
-        anyhow::Error::new(e).context("creating the TUN device needs CAP_NET_ADMIN (run as root or grant the capability)")
+        anyhow::Error::new(e)
+            .context("creating the TUN device needs CAP_NET_ADMIN (run as root or grant the capability)")
     } else {
         anyhow::Error::new(e).context("opening the TUN device")
     }
@@ -142,15 +164,29 @@ fn default_dns_addrs() -> Vec<IpAddr> {
 
 /// The DNS handling every worker shares; in fake-ip mode it owns the pool.
 fn dns_service(cli: &Cli, device: &[IpNet]) -> anyhow::Result<Arc<DnsService>> {
-    let listen = if cli.dns_addrs.is_empty() { default_dns_addrs() } else { cli.dns_addrs.clone() };
+    let listen = if cli.dns_addrs.is_empty() {
+        default_dns_addrs()
+    } else {
+        cli.dns_addrs.clone()
+    };
+    let mode = match cli.dns {
+        // An HTTP proxy carries no UDP: queries go as DNS over TCP instead.
+        DnsMode::Udp if !cli.proxy.kind.carries_udp() => {
+            info!("the HTTP proxy carries no UDP: DNS queries go over TCP through it");
+            DnsMode::OverTcp
+        }
+        mode => mode,
+    };
     if let Some(own) = listen.iter().find(|a| device.iter().any(|net| net.addr() == **a)) {
-        bail!("--dns-addr {own} is the device's own address, which the kernel answers; choose another address routed into the device");
+        bail!(
+            "--dns-addr {own} is the device's own address, which the kernel answers; choose another address routed into the device"
+        );
     }
-    let pool = match cli.dns {
+    let pool = match mode {
         DnsMode::FakeIp => Some(Arc::new(fake_ip_pool(cli, device, &listen)?)),
         DnsMode::Udp | DnsMode::OverTcp => None,
     };
-    Ok(Arc::new(DnsService::new(cli.dns, listen, cli.dns_upstream, pool)))
+    Ok(Arc::new(DnsService::new(mode, listen, cli.dns_upstream, pool)))
 }
 
 fn fake_ip_pool(cli: &Cli, device: &[IpNet], listen: &[IpAddr]) -> anyhow::Result<FakeIpPool> {
@@ -170,7 +206,10 @@ fn fake_ip_pool(cli: &Cli, device: &[IpNet], listen: &[IpAddr]) -> anyhow::Resul
     }
     // Never hand out the device's addresses or the responder's, nor a
     // range's first address (IPv6's subnet-router anycast address).
-    let firsts = [config.ipv4.map(|n| IpNet::from(IpAddr::V4(n.network()))), config.ipv6.map(|n| IpNet::from(IpAddr::V6(n.network())))];
+    let firsts = [
+        config.ipv4.map(|n| IpNet::from(IpAddr::V4(n.network()))),
+        config.ipv6.map(|n| IpNet::from(IpAddr::V6(n.network()))),
+    ];
     config.exclude = device
         .iter()
         .map(IpNet::trunc)

@@ -39,11 +39,7 @@ pub enum NetnsError {
 /// `/run/netns/NAME`). Call before threads are spawned; see the module
 /// documentation.
 pub fn enter(name: &str) -> Result<(), NetnsError> {
-    let plain = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.contains('\0');
+    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0');
     if !plain {
         return Err(NetnsError::BadName(name.to_string()));
     }

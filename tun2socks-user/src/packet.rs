@@ -50,9 +50,15 @@ impl TcpFlags {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
-    Tcp { key: FlowKey, flags: TcpFlags },
+    Tcp {
+        key: FlowKey,
+        flags: TcpFlags,
+    },
     /// `payload` is where the UDP payload lies in the packet.
-    Udp { key: FlowKey, payload: std::ops::Range<usize> },
+    Udp {
+        key: FlowKey,
+        payload: std::ops::Range<usize>,
+    },
     /// IP, but nothing we terminate (ICMP, fragments, extension headers...).
     Other,
     /// Too short or inconsistent to be an IP packet.
@@ -115,15 +121,24 @@ fn transport(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8], l4_offset: usize) -
     }
     let sport = u16::from_be_bytes([l4[0], l4[1]]);
     let dport = u16::from_be_bytes([l4[2], l4[3]]);
-    let key = FlowKey { client: SocketAddr::new(src, sport), dest: SocketAddr::new(dst, dport) };
+    let key = FlowKey {
+        client: SocketAddr::new(src, sport),
+        dest: SocketAddr::new(dst, dport),
+    };
     if proto == PROTO_TCP {
-        return Classified::Tcp { key, flags: TcpFlags(l4[13]) };
+        return Classified::Tcp {
+            key,
+            flags: TcpFlags(l4[13]),
+        };
     }
     let udp_len = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
     if udp_len < 8 || udp_len > l4.len() {
         return Classified::Malformed;
     }
-    Classified::Udp { key, payload: l4_offset + 8..l4_offset + udp_len }
+    Classified::Udp {
+        key,
+        payload: l4_offset + 8..l4_offset + udp_len,
+    }
 }
 
 #[cfg(test)]
@@ -142,7 +157,9 @@ mod tests {
 
     #[test]
     fn classifies_ipv4_syn() {
-        let Classified::Tcp { key, flags } = classify(&syn_v4()) else { panic!("not tcp") };
+        let Classified::Tcp { key, flags } = classify(&syn_v4()) else {
+            panic!("not tcp")
+        };
         assert_eq!(key.client, "10.0.1.1:40000".parse().unwrap());
         assert_eq!(key.dest, "10.0.2.2:80".parse().unwrap());
         assert!(flags.is_connection_request());
@@ -178,7 +195,9 @@ mod tests {
         let mut bad_len = p.clone();
         bad_len[45] = 9; // UDP length beyond the packet
         assert_eq!(classify(&bad_len), Classified::Malformed);
-        let Classified::Udp { key, payload } = classify(&p) else { panic!("not udp") };
+        let Classified::Udp { key, payload } = classify(&p) else {
+            panic!("not udp")
+        };
         assert_eq!(key.dest, "[fd00:2::2]:53".parse().unwrap());
         assert_eq!(payload, 48..48);
         assert_eq!(classify(&p[..47]), Classified::Malformed);
@@ -191,20 +210,35 @@ pub fn write_udp(buf: &mut Vec<u8>, src: SocketAddr, dst: SocketAddr, payload: &
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr};
 
-    let udp = UdpRepr { src_port: src.port(), dst_port: dst.port() };
+    let udp = UdpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+    };
     let udp_len = udp.header_len() + payload.len();
     let caps = ChecksumCapabilities::default();
     let (src_ip, dst_ip): (IpAddress, IpAddress) = (src.ip().into(), dst.ip().into());
     let l4_offset = match (src.ip(), dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let ip = Ipv4Repr { src_addr: s, dst_addr: d, next_header: IpProtocol::Udp, payload_len: udp_len, hop_limit: 64 };
+            let ip = Ipv4Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Udp,
+                payload_len: udp_len,
+                hop_limit: 64,
+            };
             buf.clear();
             buf.resize(ip.buffer_len() + udp_len, 0);
             ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps);
             ip.buffer_len()
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let ip = Ipv6Repr { src_addr: s, dst_addr: d, next_header: IpProtocol::Udp, payload_len: udp_len, hop_limit: 64 };
+            let ip = Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Udp,
+                payload_len: udp_len,
+                hop_limit: 64,
+            };
             buf.clear();
             buf.resize(ip.buffer_len() + udp_len, 0);
             ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
@@ -213,7 +247,14 @@ pub fn write_udp(buf: &mut Vec<u8>, src: SocketAddr, dst: SocketAddr, payload: &
         _ => return None,
     };
     let mut packet = UdpPacket::new_unchecked(&mut buf[l4_offset..]);
-    udp.emit(&mut packet, &src_ip, &dst_ip, payload.len(), |p| p.copy_from_slice(payload), &caps);
+    udp.emit(
+        &mut packet,
+        &src_ip,
+        &dst_ip,
+        payload.len(),
+        |p| p.copy_from_slice(payload),
+        &caps,
+    );
     Some(())
 }
 
@@ -227,7 +268,9 @@ mod write_tests {
         for (src, dst) in [("10.0.2.2:7", "10.0.1.1:40000"), ("[fd00:2::2]:7", "[fd00:1::1]:40000")] {
             let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
             write_udp(&mut buf, src, dst, b"hello").unwrap();
-            let Classified::Udp { key, payload } = classify(&buf) else { panic!("not udp") };
+            let Classified::Udp { key, payload } = classify(&buf) else {
+                panic!("not udp")
+            };
             assert_eq!((key.client, key.dest), (src, dst));
             assert_eq!(&buf[payload], b"hello");
         }
@@ -241,7 +284,13 @@ mod write_tests {
         use smoltcp::phy::ChecksumCapabilities;
         use smoltcp::wire::{Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr};
         let mut buf = Vec::new();
-        write_udp(&mut buf, "10.0.2.2:7".parse().unwrap(), "10.0.1.1:9".parse().unwrap(), b"abc").unwrap();
+        write_udp(
+            &mut buf,
+            "10.0.2.2:7".parse().unwrap(),
+            "10.0.1.1:9".parse().unwrap(),
+            b"abc",
+        )
+        .unwrap();
         let ip = Ipv4Packet::new_checked(&buf[..]).unwrap();
         let caps = ChecksumCapabilities::default();
         let repr = Ipv4Repr::parse(&ip, &caps).unwrap();

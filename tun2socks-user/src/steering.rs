@@ -84,14 +84,8 @@ impl std::fmt::Debug for Steering {
 pub fn attach(queue: BorrowedFd<'_>) -> Result<Steering, SteeringError> {
     let mut ebpf = Ebpf::load(OBJECT).map_err(|e| classify(e, SteeringError::Object))?;
     let program = steer_program(&mut ebpf)?;
-    program
-        .load()
-        .map_err(|e| classify(e, SteeringError::Load))?;
-    let prog_fd = program
-        .fd()
-        .map_err(SteeringError::Load)?
-        .as_fd()
-        .as_raw_fd();
+    program.load().map_err(|e| classify(e, SteeringError::Load))?;
+    let prog_fd = program.fd().map_err(SteeringError::Load)?.as_fd().as_raw_fd();
     set_steering_program(queue, prog_fd, "attach")?;
     tracing::info!(
         queue_fd = queue.as_raw_fd(),
@@ -112,20 +106,12 @@ impl Steering {
 }
 
 fn steer_program(ebpf: &mut Ebpf) -> Result<&mut SocketFilter, SteeringError> {
-    let program = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(SteeringError::MissingProgram(None))?;
-    program
-        .try_into()
-        .map_err(|e| SteeringError::MissingProgram(Some(e)))
+    let program = ebpf.program_mut(PROGRAM).ok_or(SteeringError::MissingProgram(None))?;
+    program.try_into().map_err(|e| SteeringError::MissingProgram(Some(e)))
 }
 
 /// `TUNSETSTEERINGEBPF` with `prog_fd` (or -1 to clear).
-fn set_steering_program(
-    queue: BorrowedFd<'_>,
-    prog_fd: RawFd,
-    action: &'static str,
-) -> Result<(), SteeringError> {
+fn set_steering_program(queue: BorrowedFd<'_>, prog_fd: RawFd, action: &'static str) -> Result<(), SteeringError> {
     let fd = queue.as_raw_fd();
     // SAFETY: TUNSETSTEERINGEBPF reads one int (a BPF program fd, or -1)
     // from the pointer, which is valid for the duration of the call.
@@ -154,10 +140,7 @@ where
 fn caused_by_eperm(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(e) = cause {
-        if e.downcast_ref::<io::Error>()
-            .and_then(io::Error::raw_os_error)
-            == Some(libc::EPERM)
-        {
+        if e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) == Some(libc::EPERM) {
             return true;
         }
         cause = e.source();
@@ -171,9 +154,7 @@ mod tests {
 
     /// A TCP SYN-sized IPv4 packet from 10.0.0.1:40000 to 10.77.0.9:`dport`.
     fn tcp4(dport: u16) -> Vec<u8> {
-        let mut p = vec![
-            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 77, 0, 9,
-        ];
+        let mut p = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 77, 0, 9];
         p.extend_from_slice(&40000u16.to_be_bytes());
         p.extend_from_slice(&dport.to_be_bytes());
         p.resize(40, 0);
@@ -213,10 +194,7 @@ mod tests {
         assert!(error.to_string().contains("CAP_BPF"));
 
         let other = syscall(libc::EINVAL);
-        assert!(matches!(
-            classify(other, SteeringError::Load),
-            SteeringError::Load(_)
-        ));
+        assert!(matches!(classify(other, SteeringError::Load), SteeringError::Load(_)));
     }
 
     #[test]

@@ -35,12 +35,7 @@ where
     let thread = std::thread::spawn(move || {
         // SAFETY: plain syscall; affects only this thread.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET) failed: {}",
-            io::Error::last_os_error()
-        );
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET) failed: {}", io::Error::last_os_error());
         assert_ne!(
             netns_id("/proc/thread-self/ns/net"),
             netns_id("/proc/self/ns/net"),
@@ -96,14 +91,8 @@ fn snapshot() -> String {
 #[track_caller]
 fn assert_same(before: &str, after: &str) {
     if before != after {
-        let gone: Vec<&str> = before
-            .lines()
-            .filter(|l| !after.lines().any(|a| a == *l))
-            .collect();
-        let new: Vec<&str> = after
-            .lines()
-            .filter(|l| !before.lines().any(|b| b == *l))
-            .collect();
+        let gone: Vec<&str> = before.lines().filter(|l| !after.lines().any(|a| a == *l)).collect();
+        let new: Vec<&str> = after.lines().filter(|l| !before.lines().any(|b| b == *l)).collect();
         panic!(
             "state differs\nonly before:\n{}\nonly after:\n{}\nafter:\n{after}",
             gone.join("\n"),
@@ -128,10 +117,7 @@ fn lan() {
     // work, even with nodad) follow after the commands return.
     for end in ["lan0", "lan0p"] {
         eventually(&format!("carrier on {end}"), || {
-            ip(&format!("-br link show {end}"))
-                .split_whitespace()
-                .nth(1)
-                == Some("UP")
+            ip(&format!("-br link show {end}")).split_whitespace().nth(1) == Some("UP")
         });
     }
     eventually("the local route of fd00:50::1", || {
@@ -206,8 +192,7 @@ fn routes_unmarked_traffic_into_the_device_and_marked_traffic_around_it() {
         let applied = setup::apply(&full_plan()).await.unwrap();
 
         let into_tun = |addr| assert_eq!(route_dev(addr, None), TUN, "unmarked {addr}");
-        let around_tun =
-            |addr, mark| assert_eq!(route_dev(addr, mark), "lan0", "{addr} mark {mark:?}");
+        let around_tun = |addr, mark| assert_eq!(route_dev(addr, mark), "lan0", "{addr} mark {mark:?}");
         // Inside a routed prefix, or only under the default route: into the
         // device, unless marked. (The proxy may well lie in a routed prefix:
         // its marked traffic still leaves through main.)
@@ -263,15 +248,8 @@ fn specific_routes_of_one_family_add_two_rules_and_nothing_for_the_other() {
         assert_eq!(route_dev("10.20.1.1", None), TUN);
         assert_eq!(route_dev("8.8.8.8", None), "lan0");
         let rules = ip("rule");
-        assert!(
-            !rules.contains("lookup main suppress_prefixlength"),
-            "{rules}"
-        );
-        assert_eq!(
-            rules.lines().filter(|l| l.contains("lookup 100")).count(),
-            2,
-            "{rules}"
-        );
+        assert!(!rules.contains("lookup main suppress_prefixlength"), "{rules}");
+        assert_eq!(rules.lines().filter(|l| l.contains("lookup 100")).count(), 2, "{rules}");
         assert_eq!(ip("-6 rule"), before_v6_rules);
         assert!(!ip("-6 route show table all").contains("table 100"));
         applied.undo().await.unwrap();
@@ -357,18 +335,12 @@ fn apply_refuses_a_missing_device_and_a_bad_plan_without_changing_anything() {
         lan();
         let before = snapshot();
         let err = setup::apply(&full_plan()).await.unwrap_err();
-        assert!(
-            matches!(err, SetupError::NoDevice(ref d) if d == TUN),
-            "{err}"
-        );
+        assert!(matches!(err, SetupError::NoDevice(ref d) if d == TUN), "{err}");
         let bad = SetupPlan {
             fwmark: 0,
             ..full_plan()
         };
-        assert!(matches!(
-            setup::apply(&bad).await,
-            Err(SetupError::InvalidPlan(_))
-        ));
+        assert!(matches!(setup::apply(&bad).await, Err(SetupError::InvalidPlan(_))));
         assert_same(&before, &snapshot());
     });
 }
@@ -413,10 +385,7 @@ fn inspect_device_tells_tun_flavours_and_other_kinds_apart() {
         };
         assert_eq!(inspect("t2stap0").await.unwrap(), other("tap"));
         assert_eq!(inspect("lan0").await.unwrap(), other("veth"));
-        assert_eq!(
-            inspect("lo").await.unwrap(),
-            ExistingDevice::Other { kind: None }
-        );
+        assert_eq!(inspect("lo").await.unwrap(), ExistingDevice::Other { kind: None });
     });
 }
 
@@ -457,13 +426,7 @@ fn netns_enter_moves_only_the_calling_thread() {
     let missing = std::thread::spawn(|| netns::enter("t2s-setup-test-missing"))
         .join()
         .unwrap();
-    assert!(
-        matches!(missing, Err(NetnsError::NotFound(_))),
-        "{missing:?}"
-    );
-    assert!(matches!(
-        netns::enter("../net"),
-        Err(NetnsError::BadName(_))
-    ));
+    assert!(matches!(missing, Err(NetnsError::NotFound(_))), "{missing:?}");
+    assert!(matches!(netns::enter("../net"), Err(NetnsError::BadName(_))));
     assert!(matches!(netns::enter(""), Err(NetnsError::BadName(_))));
 }

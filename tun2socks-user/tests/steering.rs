@@ -63,9 +63,7 @@ fn without_cap_bpf_the_error_names_the_capability() {
         eprintln!("skipped: needs root");
         return;
     }
-    if fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
-        .is_ok_and(|v| v.trim() == "0")
-    {
+    if fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").is_ok_and(|v| v.trim() == "0") {
         eprintln!("skipped: unprivileged eBPF is enabled, loading needs no capability");
         return;
     }
@@ -142,9 +140,7 @@ fn check_steering(queues: usize) {
 
 /// Runs `f` on a new thread that first moves into a fresh network namespace.
 /// If that fails, `f` never runs: nothing may happen in the caller's one.
-fn in_private_netns<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
+fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     thread::spawn(move || {
         // SAFETY: unshare changes only the calling thread's namespaces.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -212,11 +208,7 @@ fn remote(v6: bool, i: u16) -> IpAddr {
 }
 
 fn local(v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::V6(LOCAL_V6)
-    } else {
-        IpAddr::V4(LOCAL_V4)
-    }
+    if v6 { IpAddr::V6(LOCAL_V6) } else { IpAddr::V4(LOCAL_V4) }
 }
 
 /// TCP: one non-blocking connect per flow, so one SYN each, to different
@@ -311,9 +303,7 @@ fn verify(captured: &[Captured], queues: u32) {
         // solicitations and the like.
         let predicted = queue_for_packet(packet, queues);
         if predicted != Some(*queue) {
-            mismatches.push(format!(
-                "read from {queue}, predicted {predicted:?}: {key:?}"
-            ));
+            mismatches.push(format!("read from {queue}, predicted {predicted:?}: {key:?}"));
         }
         if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
             continue;
@@ -356,10 +346,7 @@ fn verify(captured: &[Captured], queues: u32) {
             );
         }
     }
-    assert!(
-        queues_used.len() > 1,
-        "every flow landed on queue(s) {queues_used:?}"
-    );
+    assert!(queues_used.len() > 1, "every flow landed on queue(s) {queues_used:?}");
     for (source, (on_queues, destinations)) in &udp_sources {
         assert_eq!(
             on_queues.len(),

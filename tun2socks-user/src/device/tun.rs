@@ -19,13 +19,9 @@ const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 /// Errors opening TUN queues.
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
-    #[error(
-        "device name {0:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"
-    )]
+    #[error("device name {0:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)")]
     BadName(String),
-    #[error(
-        "cannot open /dev/net/tun: {0} (is the tun module loaded? root or CAP_NET_ADMIN is needed)"
-    )]
+    #[error("cannot open /dev/net/tun: {0} (is the tun module loaded? root or CAP_NET_ADMIN is needed)")]
     OpenControl(#[source] io::Error),
     #[error("TUNSETIFF {name} (queue {queue}) failed: {source}")]
     SetIff {
@@ -94,9 +90,7 @@ pub fn validate_name(name: &str) -> Result<(), TunError> {
         && name.len() < libc::IFNAMSIZ
         && name != "."
         && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
     if ok {
         Ok(())
     } else {

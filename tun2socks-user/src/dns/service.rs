@@ -36,7 +36,12 @@ pub enum DnsRoute {
 impl DnsService {
     pub fn new(mode: DnsMode, listen: Vec<IpAddr>, upstream: SocketAddr, pool: Option<Arc<FakeIpPool>>) -> Self {
         let responder = pool.filter(|_| mode == DnsMode::FakeIp).map(Responder::new);
-        DnsService { mode, listen, upstream, responder }
+        DnsService {
+            mode,
+            listen,
+            upstream,
+            responder,
+        }
     }
 
     pub fn responder(&self) -> Option<&Responder> {

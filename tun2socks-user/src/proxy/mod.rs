@@ -2,6 +2,7 @@
 //! over sockets that carry the daemon's firewall mark (so they never re-enter
 //! the tunnel).
 
+pub mod http;
 pub mod socks5;
 
 use std::io;
@@ -13,9 +14,35 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 pub use socks5::{Credentials, Target};
 
+/// Which protocol the upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    Socks5,
+    /// HTTP CONNECT: TCP only.
+    Http,
+    /// No proxy: the daemon connects itself (sockets still marked).
+    Direct,
+}
+
+impl ProxyKind {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ProxyKind::Socks5 => "socks5",
+            ProxyKind::Http => "http",
+            ProxyKind::Direct => "direct",
+        }
+    }
+
+    pub fn carries_udp(self) -> bool {
+        self != ProxyKind::Http
+    }
+}
+
 /// A parsed `--proxy` URL, before the host name is resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyUrl {
+    pub kind: ProxyKind,
+    /// Empty for `direct://`.
     pub host: String,
     pub port: u16,
     pub credentials: Option<Credentials>,
@@ -23,9 +50,9 @@ pub struct ProxyUrl {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProxyUrlError {
-    #[error("unsupported proxy scheme {0:?} (supported: socks5://)")]
+    #[error("unsupported proxy scheme {0:?} (supported: socks5://, http://, direct://)")]
     Scheme(String),
-    #[error("proxy URL must look like socks5://[USER:PASS@]HOST:PORT")]
+    #[error("proxy URL must look like socks5://[USER:PASS@]HOST:PORT, http://[USER:PASS@]HOST:PORT or direct://")]
     Shape,
     #[error("proxy URL has no port (socks5://HOST:PORT)")]
     MissingPort,
@@ -42,10 +69,22 @@ impl std::str::FromStr for ProxyUrl {
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         let (scheme, rest) = url.split_once("://").ok_or(ProxyUrlError::Shape)?;
-        if !scheme.eq_ignore_ascii_case("socks5") {
-            return Err(ProxyUrlError::Scheme(scheme.to_string()));
-        }
+        let kind = [ProxyKind::Socks5, ProxyKind::Http, ProxyKind::Direct]
+            .into_iter()
+            .find(|k| scheme.eq_ignore_ascii_case(k.scheme()))
+            .ok_or_else(|| ProxyUrlError::Scheme(scheme.to_string()))?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if kind == ProxyKind::Direct {
+            return match rest {
+                "" => Ok(ProxyUrl {
+                    kind,
+                    host: String::new(),
+                    port: 0,
+                    credentials: None,
+                }),
+                _ => Err(ProxyUrlError::Shape),
+            };
+        }
         if rest.contains('/') || rest.is_empty() {
             return Err(ProxyUrlError::Shape);
         }
@@ -55,13 +94,21 @@ impl std::str::FromStr for ProxyUrl {
         };
         let credentials = userinfo.map(parse_userinfo).transpose()?;
         let (host, port) = split_host_port(hostport)?;
-        Ok(ProxyUrl { host, port, credentials })
+        Ok(ProxyUrl {
+            kind,
+            host,
+            port,
+            credentials,
+        })
     }
 }
 
 fn parse_userinfo(userinfo: &str) -> Result<Credentials, ProxyUrlError> {
     let (user, pass) = userinfo.split_once(':').ok_or(ProxyUrlError::BadCredentials)?;
-    Ok(Credentials { username: percent_decode(user)?, password: percent_decode(pass)? })
+    Ok(Credentials {
+        username: percent_decode(user)?,
+        password: percent_decode(pass)?,
+    })
 }
 
 fn split_host_port(hostport: &str) -> Result<(String, u16), ProxyUrlError> {
@@ -105,19 +152,32 @@ fn percent_decode(s: &str) -> Result<String, ProxyUrlError> {
 
 impl ProxyUrl {
     /// Resolves the host once, at start, before routes point into the tunnel.
-    pub fn resolve(&self) -> io::Result<SocketAddr> {
+    /// `None` for `direct://`.
+    pub fn resolve(&self) -> io::Result<Option<SocketAddr>> {
+        if self.kind == ProxyKind::Direct {
+            return Ok(None);
+        }
         (self.host.as_str(), self.port)
             .to_socket_addrs()?
             .next()
+            .map(Some)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name resolved to no address"))
     }
 
     /// The URL for logs, with the password masked.
     pub fn redacted(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let scheme = self.kind.scheme();
+        if self.kind == ProxyKind::Direct {
+            return "direct://".to_string();
+        }
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         match &self.credentials {
-            Some(c) => format!("socks5://{}:***@{}:{}", c.username, host, self.port),
-            None => format!("socks5://{}:{}", host, self.port),
+            Some(c) => format!("{scheme}://{}:***@{}:{}", c.username, host, self.port),
+            None => format!("{scheme}://{}:{}", host, self.port),
         }
     }
 }
@@ -126,6 +186,8 @@ impl ProxyUrl {
 /// each worker gets its own copy, nothing is shared at run time.
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    pub kind: ProxyKind,
+    /// The proxy's address; unused for `direct://`.
     pub proxy: SocketAddr,
     pub credentials: Option<Credentials>,
     pub fwmark: u32,
@@ -139,7 +201,19 @@ pub enum UpstreamError {
     #[error("setting SO_MARK on an upstream socket: {0} (CAP_NET_ADMIN is needed)")]
     Mark(io::Error),
     #[error("proxy handshake for {target}: {source}")]
-    Handshake { target: Target, source: socks5::Socks5Error },
+    Handshake {
+        target: Target,
+        source: socks5::Socks5Error,
+    },
+    #[error("HTTP CONNECT to {target}: {source}")]
+    HttpConnect {
+        target: Target,
+        source: http::HttpConnectError,
+    },
+    #[error("connecting to {target}: {source}")]
+    Direct { target: Target, source: io::Error },
+    #[error("an HTTP CONNECT proxy carries no UDP")]
+    UdpUnsupported,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("UDP association socket: {0}")]
@@ -148,12 +222,23 @@ pub enum UpstreamError {
     BadRelay(Target),
 }
 
-/// A SOCKS5 UDP association: datagrams go through `socket` (connected to the
-/// proxy's relay); the association ends when `control` closes.
+/// How datagrams are carried upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpFraming {
+    /// Each datagram behind a SOCKS5 UDP header, to the relay the socket is
+    /// connected to.
+    Socks5,
+    /// Plain datagrams sent to each destination (`direct://`).
+    Plain,
+}
+
+/// A UDP path upstream: for SOCKS5 an association, which ends when `control`
+/// closes; for `direct://` just a marked socket.
 #[derive(Debug)]
 pub struct UdpAssociation {
-    pub control: TcpStream,
+    pub control: Option<TcpStream>,
     pub socket: UdpSocket,
+    pub framing: UdpFraming,
 }
 
 impl Upstream {
@@ -161,19 +246,75 @@ impl Upstream {
     /// connect timeout.
     pub async fn connect(&self, target: &Target) -> Result<TcpStream, UpstreamError> {
         let attempt = async {
-            let mut stream = self.connect_proxy().await?;
-            socks5::connect(&mut stream, target, self.credentials.as_ref())
-                .await
-                .map_err(|source| UpstreamError::Handshake { target: target.clone(), source })?;
-            Ok(stream)
+            match self.kind {
+                ProxyKind::Socks5 => {
+                    let mut stream = self.connect_proxy().await?;
+                    socks5::connect(&mut stream, target, self.credentials.as_ref())
+                        .await
+                        .map_err(|source| UpstreamError::Handshake {
+                            target: target.clone(),
+                            source,
+                        })?;
+                    Ok(stream)
+                }
+                ProxyKind::Http => {
+                    let mut stream = self.connect_proxy().await?;
+                    http::connect(&mut stream, target, self.credentials.as_ref())
+                        .await
+                        .map_err(|source| UpstreamError::HttpConnect {
+                            target: target.clone(),
+                            source,
+                        })?;
+                    Ok(stream)
+                }
+                ProxyKind::Direct => self.connect_direct(target).await,
+            }
         };
         tokio::time::timeout(self.connect_timeout, attempt)
             .await
             .map_err(|_| UpstreamError::Timeout(self.connect_timeout))?
     }
 
-    /// Opens a UDP association, within the connect timeout.
-    pub async fn associate(&self) -> Result<UdpAssociation, UpstreamError> {
+    async fn connect_direct(&self, target: &Target) -> Result<TcpStream, UpstreamError> {
+        let fail = |source| UpstreamError::Direct {
+            target: target.clone(),
+            source,
+        };
+        let addr = match target {
+            Target::Ip(addr) => *addr,
+            Target::Domain(name, port) => tokio::net::lookup_host((name.as_str(), *port))
+                .await
+                .map_err(fail)?
+                .next()
+                .ok_or_else(|| fail(io::Error::new(io::ErrorKind::NotFound, "name resolved to no address")))?,
+        };
+        let stream = marked_socket(addr, self.fwmark)?.connect(addr).await.map_err(fail)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Opens a UDP path for an application socket at `client` (whose address
+    /// family the path must carry), within the connect timeout.
+    pub async fn associate(&self, client: SocketAddr) -> Result<UdpAssociation, UpstreamError> {
+        match self.kind {
+            ProxyKind::Socks5 => self.associate_socks5().await,
+            ProxyKind::Http => Err(UpstreamError::UdpUnsupported),
+            ProxyKind::Direct => {
+                let unspecified = match client {
+                    SocketAddr::V4(_) => SocketAddr::from(([0u8; 4], 0)),
+                    SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+                };
+                let socket = marked_udp_socket(unspecified, self.fwmark)?;
+                Ok(UdpAssociation {
+                    control: None,
+                    socket,
+                    framing: UdpFraming::Plain,
+                })
+            }
+        }
+    }
+
+    async fn associate_socks5(&self) -> Result<UdpAssociation, UpstreamError> {
         let attempt = async {
             let mut control = self.connect_proxy().await?;
             // Send from the address the proxy already sees us at, and tell it
@@ -183,7 +324,10 @@ impl Upstream {
             let from = socket.local_addr().map_err(UpstreamError::Udp)?;
             let relay = socks5::associate(&mut control, from, self.credentials.as_ref())
                 .await
-                .map_err(|source| UpstreamError::Handshake { target: Target::Ip(from), source })?;
+                .map_err(|source| UpstreamError::Handshake {
+                    target: Target::Ip(from),
+                    source,
+                })?;
             let relay = match relay {
                 // "Same host as the control connection" in practice.
                 Target::Ip(addr) if addr.ip().is_unspecified() => SocketAddr::new(self.proxy.ip(), addr.port()),
@@ -191,7 +335,11 @@ impl Upstream {
                 other => return Err(UpstreamError::BadRelay(other)),
             };
             socket.connect(relay).await.map_err(UpstreamError::Udp)?;
-            Ok(UdpAssociation { control, socket })
+            Ok(UdpAssociation {
+                control: Some(control),
+                socket,
+                framing: UdpFraming::Socks5,
+            })
         };
         tokio::time::timeout(self.connect_timeout, attempt)
             .await
@@ -204,7 +352,10 @@ impl Upstream {
         let stream = socket
             .connect(self.proxy)
             .await
-            .map_err(|source| UpstreamError::Connect { proxy: self.proxy, source })?;
+            .map_err(|source| UpstreamError::Connect {
+                proxy: self.proxy,
+                source,
+            })?;
         // Relayed segments are already coalesced by the application side;
         // Nagle would only add delay.
         let _ = stream.set_nodelay(true);
@@ -213,8 +364,12 @@ impl Upstream {
 }
 
 fn marked_socket(peer: SocketAddr, fwmark: u32) -> Result<TcpSocket, UpstreamError> {
-    let socket = Socket::new(Domain::for_address(peer), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))
-        .map_err(|source| UpstreamError::Connect { proxy: peer, source })?;
+    let socket = Socket::new(
+        Domain::for_address(peer),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(|source| UpstreamError::Connect { proxy: peer, source })?;
     if fwmark != 0 {
         socket.set_mark(fwmark).map_err(UpstreamError::Mark)?;
     }
@@ -222,8 +377,12 @@ fn marked_socket(peer: SocketAddr, fwmark: u32) -> Result<TcpSocket, UpstreamErr
 }
 
 fn marked_udp_socket(bind: SocketAddr, fwmark: u32) -> Result<UdpSocket, UpstreamError> {
-    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))
-        .map_err(UpstreamError::Udp)?;
+    let socket = Socket::new(
+        Domain::for_address(bind),
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )
+    .map_err(UpstreamError::Udp)?;
     if fwmark != 0 {
         socket.set_mark(fwmark).map_err(UpstreamError::Mark)?;
     }
@@ -251,12 +410,18 @@ mod tests {
         assert_eq!(p.redacted(), "socks5://user:***@[fd00:1::2]:1080");
         let p: ProxyUrl = "SOCKS5://proxy.example:1080".parse().unwrap();
         assert_eq!(p.host, "proxy.example");
+        let p: ProxyUrl = "http://u:p@10.0.1.2:3128".parse().unwrap();
+        assert_eq!((p.kind, p.port), (ProxyKind::Http, 3128));
+        assert_eq!(p.redacted(), "http://u:***@10.0.1.2:3128");
+        let p: ProxyUrl = "direct://".parse().unwrap();
+        assert_eq!((p.kind, p.resolve().unwrap()), (ProxyKind::Direct, None));
     }
 
     #[test]
     fn rejects_bad_proxy_urls() {
         let err = |s: &str| s.parse::<ProxyUrl>().unwrap_err();
-        assert_eq!(err("http://1.2.3.4:80"), ProxyUrlError::Scheme("http".into()));
+        assert_eq!(err("ftp://1.2.3.4:80"), ProxyUrlError::Scheme("ftp".into()));
+        assert_eq!(err("direct://1.2.3.4:80"), ProxyUrlError::Shape);
         assert_eq!(err("1.2.3.4:1080"), ProxyUrlError::Shape);
         assert_eq!(err("socks5://1.2.3.4"), ProxyUrlError::MissingPort);
         assert_eq!(err("socks5://1.2.3.4:0"), ProxyUrlError::BadPort("0".into()));

@@ -242,7 +242,11 @@ where
     stream.write_all(&msg).await?;
     let mut status = [0u8; 2];
     stream.read_exact(&mut status).await?;
-    if status[1] == 0 { Ok(()) } else { Err(Socks5Error::AuthRejected) }
+    if status[1] == 0 {
+        Ok(())
+    } else {
+        Err(Socks5Error::AuthRejected)
+    }
 }
 
 async fn send_request<S>(stream: &mut S, command: u8, target: &Target) -> Result<(), Socks5Error>
@@ -353,7 +357,10 @@ mod tests {
     }
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -364,7 +371,10 @@ mod tests {
             None,
             vec![
                 (vec![5, 1, 0], vec![5, 0]),
-                (vec![5, 1, 0, 1, 10, 0, 2, 2, 0, 80], vec![5, 0, 0, 1, 10, 0, 2, 1, 0x30, 0x39]),
+                (
+                    vec![5, 1, 0, 1, 10, 0, 2, 2, 0, 80],
+                    vec![5, 0, 0, 1, 10, 0, 2, 1, 0x30, 0x39],
+                ),
             ],
         ));
         assert_eq!(bound.unwrap(), Target::Ip("10.0.2.1:12345".parse().unwrap()));
@@ -395,7 +405,10 @@ mod tests {
 
     #[test]
     fn username_password_accepted_and_rejected() {
-        let creds = Credentials { username: "user".into(), password: "pass".into() };
+        let creds = Credentials {
+            username: "user".into(),
+            password: "pass".into(),
+        };
         let target = Target::Ip("10.0.2.2:80".parse().unwrap());
         let auth = vec![1, 4, b'u', b's', b'e', b'r', 4, b'p', b'a', b's', b's'];
         let ok = rt().block_on(exchange(
@@ -428,8 +441,7 @@ mod tests {
             ],
         ));
         assert!(matches!(refused, Err(Socks5Error::Refused(ReplyCode::NotAllowed))));
-        let no_method =
-            rt().block_on(exchange(target.clone(), None, vec![(vec![5, 1, 0], vec![5, 0xff])]));
+        let no_method = rt().block_on(exchange(target.clone(), None, vec![(vec![5, 1, 0], vec![5, 0xff])]));
         assert!(matches!(no_method, Err(Socks5Error::NoAcceptableMethod)));
         let bad_version = rt().block_on(exchange(target.clone(), None, vec![(vec![5, 1, 0], vec![4, 0])]));
         assert!(matches!(bad_version, Err(Socks5Error::BadVersion(4))));
@@ -475,16 +487,29 @@ mod tests {
             assert_eq!(decode_udp_header(&datagram), Ok((target, header_len)));
             // Every truncation of the header is an error, never a panic.
             for cut in 0..header_len {
-                assert_eq!(decode_udp_header(&datagram[..cut]), Err(UdpHeaderError::Truncated), "cut {cut}");
+                assert_eq!(
+                    decode_udp_header(&datagram[..cut]),
+                    Err(UdpHeaderError::Truncated),
+                    "cut {cut}"
+                );
             }
         }
-        assert_eq!(decode_udp_header(&[0, 0, 1, 1, 0, 0, 0, 0, 0, 0]), Err(UdpHeaderError::Fragmented(1)));
-        assert_eq!(decode_udp_header(&[0, 0, 0, 9, 0, 0]), Err(UdpHeaderError::BadAddressType(9)));
+        assert_eq!(
+            decode_udp_header(&[0, 0, 1, 1, 0, 0, 0, 0, 0, 0]),
+            Err(UdpHeaderError::Fragmented(1))
+        );
+        assert_eq!(
+            decode_udp_header(&[0, 0, 0, 9, 0, 0]),
+            Err(UdpHeaderError::BadAddressType(9))
+        );
     }
 
     #[test]
     fn debug_hides_password() {
-        let creds = Credentials { username: "u".into(), password: "secret".into() };
+        let creds = Credentials {
+            username: "u".into(),
+            password: "secret".into(),
+        };
         assert!(!format!("{creds:?}").contains("secret"));
     }
 }

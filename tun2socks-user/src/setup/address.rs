@@ -3,9 +3,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
-use netlink_packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
-};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use rtnetlink::AddressMessageBuilder;
 
 use super::netlink::Netlink;
@@ -32,8 +30,7 @@ fn message(index: u32, net: IpNet) -> AddressMessage {
             // Nobody else lives on a TUN link, and a tentative address
             // cannot be used as a source for the DAD period (1s+).
             msg.header.flags = AddressHeaderFlags::Nodad;
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
             msg
         }
     }
@@ -42,10 +39,7 @@ fn message(index: u32, net: IpNet) -> AddressMessage {
 /// Adds `net` to the device. An address that is already there (an adopted
 /// device configured by its owner) is left alone and not ours to remove.
 pub(crate) async fn add(nl: &Netlink, dev: &Device, net: IpNet) -> Result<Added, SetupError> {
-    let mut request = nl
-        .handle()
-        .address()
-        .add(dev.index, net.addr(), net.prefix_len());
+    let mut request = nl.handle().address().add(dev.index, net.addr(), net.prefix_len());
     *request.message_mut() = message(dev.index, net);
     match request.execute().await {
         Ok(()) => Ok(Added::New),
@@ -66,7 +60,5 @@ pub(crate) async fn del(nl: &Netlink, dev: &Device, net: IpNet) -> Result<(), Se
         .del(message(dev.index, net))
         .execute()
         .await
-        .map_err(|err| {
-            SetupError::from_netlink(format!("remove address {net} from {}", dev.name), err)
-        })
+        .map_err(|err| SetupError::from_netlink(format!("remove address {net} from {}", dev.name), err))
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 use super::netlink::Netlink;
 use super::plan::{RouteSpec, RuleSpec};
@@ -11,8 +12,10 @@ use super::{Device, SetupError, address, link, route, rule};
 /// A change [`apply`](super::apply) made, with what it takes to revert it.
 ///
 /// Plain data on purpose: the list of changes is what a crash-recovery
-/// journal has to store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// journal has to store (see [`crate::journal`]). Its serialized form is
+/// part of the journal format: changing it means a new format version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Change {
     /// The device's MTU was changed from `old`.
     Mtu { old: u32 },
@@ -29,10 +32,7 @@ pub enum Change {
 impl Change {
     /// Whether this change lives on the device, and so went away with it.
     pub(crate) fn is_on_device(&self) -> bool {
-        matches!(
-            self,
-            Change::Mtu { .. } | Change::Address { .. } | Change::LinkUp
-        )
+        matches!(self, Change::Mtu { .. } | Change::Address { .. } | Change::LinkUp)
     }
 
     pub(crate) async fn revert(&self, nl: &Netlink, dev: &Device) -> Result<(), SetupError> {

@@ -45,6 +45,18 @@ pub enum SetupError {
         leftovers: Vec<SetupError>,
     },
 
+    /// The recorder given to [`apply_with`](super::apply_with) (the
+    /// crash-recovery journal) failed: a change could not be recorded
+    /// before it was made (so it was not made), or the record could not be
+    /// told that a change was not made after all.
+    #[error("could not record {what}: {source}")]
+    Record {
+        /// E.g. `route 10.0.0.0/8 into the device in table 100 before making it`.
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// Undo went through every change, but some could not be reverted.
     #[error("undo could not revert {} change(s): {}", .0.len(), join(.0))]
     UndoIncomplete(Vec<SetupError>),
@@ -98,11 +110,7 @@ fn hint(err: &io::Error) -> &'static str {
 }
 
 fn join(errors: &[SetupError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 #[cfg(test)]

@@ -2,9 +2,7 @@
 //! what kind of device an existing interface is before adopting it.
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::LinkUnspec;
 use rtnetlink::packet_core::Nla;
 
@@ -161,22 +159,14 @@ fn classify_tun(infos: &[LinkInfo]) -> ExistingDevice {
         })
     };
     let flag = |kind| attr(kind).and_then(|v| v.first().copied()).unwrap_or(0) != 0;
-    let count = |kind| {
-        attr(kind).and_then(|v| {
-            v.get(..4)
-                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        })
-    };
+    let count = |kind| attr(kind).and_then(|v| v.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])));
 
     if attr(IFLA_TUN_TYPE).and_then(|v| v.first().copied()) == Some(TUN_TYPE_TAP) {
         return ExistingDevice::Other {
             kind: Some("tap".to_string()),
         };
     }
-    let attached_queues = match (
-        count(IFLA_TUN_NUM_QUEUES),
-        count(IFLA_TUN_NUM_DISABLED_QUEUES),
-    ) {
+    let attached_queues = match (count(IFLA_TUN_NUM_QUEUES), count(IFLA_TUN_NUM_DISABLED_QUEUES)) {
         (Some(enabled), disabled) => Some(enabled + disabled.unwrap_or(0)),
         (None, _) => None,
     };

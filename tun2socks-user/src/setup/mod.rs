@@ -16,7 +16,7 @@ pub mod plan;
 mod route;
 mod rule;
 
-pub use apply::{Applied, apply};
+pub use apply::{Applied, Recorder, apply, apply_with};
 pub use change::Change;
 pub use error::SetupError;
 pub use link::{ExistingDevice, inspect_device};

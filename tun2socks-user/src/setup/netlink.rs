@@ -19,8 +19,7 @@ pub(crate) struct Netlink {
 impl Netlink {
     /// Opens the socket. Must be called inside a tokio runtime.
     pub(crate) fn connect() -> Result<Self, SetupError> {
-        let (connection, handle, _multicast) =
-            rtnetlink::new_connection().map_err(SetupError::Connect)?;
+        let (connection, handle, _multicast) = rtnetlink::new_connection().map_err(SetupError::Connect)?;
         let driver = tokio::spawn(connection);
         Ok(Netlink { handle, driver })
     }

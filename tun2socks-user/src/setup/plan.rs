@@ -23,6 +23,7 @@
 use std::fmt;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 use super::SetupError;
 
@@ -49,7 +50,8 @@ pub struct SetupPlan {
 }
 
 /// An address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Family {
     V4,
     V6,
@@ -74,7 +76,8 @@ impl fmt::Display for Family {
 }
 
 /// What a route in our table does with the traffic it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RouteKind {
     /// Into the device (`dev DEVICE scope link`).
     Device,
@@ -83,7 +86,7 @@ pub enum RouteKind {
 }
 
 /// One route in our table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteSpec {
     pub prefix: IpNet,
     pub table: u32,
@@ -101,7 +104,7 @@ impl fmt::Display for RouteSpec {
 }
 
 /// One policy routing rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleSpec {
     pub family: Family,
     pub priority: u32,
@@ -159,11 +162,7 @@ impl SetupPlan {
             rules: Vec::new(),
         };
         for family in [Family::V4, Family::V6] {
-            let routed: Vec<IpNet> = routes
-                .iter()
-                .copied()
-                .filter(|n| Family::of(n) == family)
-                .collect();
+            let routed: Vec<IpNet> = routes.iter().copied().filter(|n| Family::of(n) == family).collect();
             let bypassed = bypass.iter().copied().filter(|n| Family::of(n) == family);
             if routed.is_empty() {
                 // Without routes of this family nothing enters the device,
@@ -184,9 +183,7 @@ impl SetupPlan {
                 table,
                 kind: RouteKind::Throw,
             };
-            layout
-                .routes
-                .extend(routed.iter().copied().map(device_route));
+            layout.routes.extend(routed.iter().copied().map(device_route));
             layout.routes.extend(bypassed.map(throw_route));
 
             let p = self.rule_priority;
@@ -251,9 +248,7 @@ impl SetupPlan {
             ));
         }
         let last = self.rule_priority.checked_add(2);
-        if self.rule_priority < FIRST_FREE_PRIORITY
-            || last.is_none_or(|last| last >= MAIN_RULE_PRIORITY)
-        {
+        if self.rule_priority < FIRST_FREE_PRIORITY || last.is_none_or(|last| last >= MAIN_RULE_PRIORITY) {
             return invalid(format!(
                 "rule priority {} must leave room for three rules between the local rule (0) and the main rule ({MAIN_RULE_PRIORITY})",
                 self.rule_priority
@@ -325,9 +320,7 @@ mod tests {
 
     #[test]
     fn specific_routes_only_skip_the_main_rule_and_the_other_family() {
-        let layout = plan(&["10.0.0.0/8"], &["10.1.0.0/16", "fd00::/8"])
-            .layout()
-            .unwrap();
+        let layout = plan(&["10.0.0.0/8"], &["10.1.0.0/16", "fd00::/8"]).layout().unwrap();
         assert_eq!(
             rules(&layout),
             [
@@ -362,10 +355,7 @@ mod tests {
         let reject = |edit: fn(&mut SetupPlan)| {
             let mut p = plan(&["0.0.0.0/0"], &["192.168.0.0/16"]);
             edit(&mut p);
-            assert!(
-                matches!(p.layout(), Err(SetupError::InvalidPlan(_))),
-                "{p:?} accepted"
-            );
+            assert!(matches!(p.layout(), Err(SetupError::InvalidPlan(_))), "{p:?} accepted");
         };
         reject(|p| p.fwmark = 0);
         reject(|p| p.table = 254);

@@ -39,10 +39,7 @@ fn message(spec: &RouteSpec, dev: &Device) -> RouteMessage {
 
 fn describe(spec: &RouteSpec, dev: &Device) -> String {
     match spec.kind {
-        RouteKind::Device => format!(
-            "route {} dev {} table {}",
-            spec.prefix, dev.name, spec.table
-        ),
+        RouteKind::Device => format!("route {} dev {} table {}", spec.prefix, dev.name, spec.table),
         RouteKind::Throw => format!("route throw {} table {}", spec.prefix, spec.table),
     }
 }

@@ -20,7 +20,11 @@ pub struct TxPath<'a> {
 
 impl TxPath<'_> {
     fn reborrow(&mut self) -> TxPath<'_> {
-        TxPath { tun: self.tun, buf: self.buf, stats: self.stats }
+        TxPath {
+            tun: self.tun,
+            buf: self.buf,
+            stats: self.stats,
+        }
     }
 }
 

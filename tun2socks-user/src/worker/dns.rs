@@ -83,7 +83,9 @@ async fn ask(shared: &Shared, server: SocketAddr, framed: &[u8]) -> anyhow::Resu
             }
         }
     };
-    tokio::time::timeout(ANSWER_TIMEOUT, read_answer).await.map_err(|_| anyhow::anyhow!("no answer in {ANSWER_TIMEOUT:?}"))?
+    tokio::time::timeout(ANSWER_TIMEOUT, read_answer)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer in {ANSWER_TIMEOUT:?}"))?
 }
 
 fn reply(shared: &Shared, from: SocketAddr, to: SocketAddr, answer: &[u8]) {

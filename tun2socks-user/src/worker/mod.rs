@@ -26,10 +26,10 @@ use tracing::{debug, info_span, warn};
 
 use crate::device::tun::TunQueue;
 use crate::dns::DnsService;
-use std::sync::Arc;
 use crate::proxy::Upstream;
 pub use stack::StackConfig;
 pub use stats::WorkerStats;
+use std::sync::Arc;
 pub use udp::UdpConfig;
 
 /// Packets read from the queue before the worker sends what it owes and lets
@@ -82,20 +82,22 @@ pub fn spawn(
     tun: TunQueue,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<anyhow::Result<WorkerStats>>> {
-    std::thread::Builder::new().name(format!("worker-{}", config.index)).spawn(move || {
-        let _span = info_span!("worker", id = config.index).entered();
-        if let Some(cpu) = config.cpu
-            && let Err(error) = pin_to_cpu(cpu)
-        {
-            warn!(cpu, %error, "cannot pin worker to its core; running unpinned");
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building the worker's runtime")?;
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, run(config, tun, shutdown))
-    })
+    std::thread::Builder::new()
+        .name(format!("worker-{}", config.index))
+        .spawn(move || {
+            let _span = info_span!("worker", id = config.index).entered();
+            if let Some(cpu) = config.cpu
+                && let Err(error) = pin_to_cpu(cpu)
+            {
+                warn!(cpu, %error, "cannot pin worker to its core; running unpinned");
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the worker's runtime")?;
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, run(config, tun, shutdown))
+        })
 }
 
 fn pin_to_cpu(cpu: usize) -> io::Result<()> {
@@ -140,7 +142,12 @@ async fn run(config: WorkerConfig, tun: TunQueue, mut shutdown: watch::Receiver<
     });
     let mut buf = vec![0u8; READ_BUFFER];
     loop {
-        let delay = shared.stack.borrow_mut().poll_delay().unwrap_or(IDLE_WAKEUP).min(IDLE_WAKEUP);
+        let delay = shared
+            .stack
+            .borrow_mut()
+            .poll_delay()
+            .unwrap_or(IDLE_WAKEUP)
+            .min(IDLE_WAKEUP);
         tokio::select! {
             biased;
             changed = shutdown.changed() => {
@@ -168,7 +175,11 @@ async fn run(config: WorkerConfig, tun: TunQueue, mut shutdown: watch::Receiver<
     }
     let mut stack = shared.stack.borrow_mut();
     let mut udp = shared.udp.borrow_mut();
-    debug!(tcp = stack.live_sessions(), udp = udp.live_sessions(), "worker stopping, resetting open sessions");
+    debug!(
+        tcp = stack.live_sessions(),
+        udp = udp.live_sessions(),
+        "worker stopping, resetting open sessions"
+    );
     stack.abort_all();
     udp.clear();
     let mut stats = stack.stats.clone();

@@ -26,7 +26,11 @@ use crate::proxy::{Target, reset_on_close};
 pub async fn run(shared: Rc<Shared>, key: FlowKey) {
     // A fake-IP destination goes to the proxy as the name it stands for,
     // pinned so that the address is not reused while this session lives.
-    let pool = shared.dns.as_deref().and_then(|d| d.pool()).filter(|p| p.contains(key.dest.ip()));
+    let pool = shared
+        .dns
+        .as_deref()
+        .and_then(|d| d.pool())
+        .filter(|p| p.contains(key.dest.ip()));
     let (target, _pin) = match pool.map(|p| p.resolve(key.dest.ip())) {
         None => (Target::Ip(key.dest), None),
         Some(Some(pin)) => (Target::Domain(pin.name().to_owned(), key.dest.port()), Some(pin)),
@@ -51,7 +55,12 @@ pub async fn run(shared: Rc<Shared>, key: FlowKey) {
         return;
     };
     shared.want_egress();
-    let mut relay = Relay { handle, stream, upstream_write_shut: false, app_write_shut: false };
+    let mut relay = Relay {
+        handle,
+        stream,
+        upstream_write_shut: false,
+        app_write_shut: false,
+    };
     let end = poll_fn(|cx| relay.poll(cx, &shared)).await;
     debug!(flow = %key, ?end, "session ended");
     if end == End::AppReset {
@@ -162,11 +171,9 @@ impl Relay {
                 Poll::Ready(Err(e)) => return Step::Failed(e),
                 Poll::Ready(Ok(())) => {}
             }
-            let read = socket.send(|room| {
-                match self.stream.try_read(room) {
-                    Ok(n) => (n, Ok(n)),
-                    Err(e) => (0, Err(e)),
-                }
+            let read = socket.send(|room| match self.stream.try_read(room) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
             });
             match read {
                 Ok(Ok(0)) => {

@@ -36,7 +36,9 @@ pub struct StackConfig {
 
 enum Flow {
     /// Upstream connect in progress; the application's SYN, kept for replay.
-    Pending { syn: Box<[u8]> },
+    Pending {
+        syn: Box<[u8]>,
+    },
     Open(SocketHandle),
 }
 
@@ -48,7 +50,10 @@ pub enum Ingress {
     /// A connection request to connect upstream.
     NewTcp(FlowKey),
     /// A UDP datagram; `payload` locates it in the packet.
-    Udp { key: FlowKey, payload: std::ops::Range<usize> },
+    Udp {
+        key: FlowKey,
+        payload: std::ops::Range<usize>,
+    },
 }
 
 pub struct Stack {
@@ -73,14 +78,23 @@ impl Stack {
         let epoch = std::time::Instant::now();
         let mut iface_config = Config::new(HardwareAddress::Ip);
         iface_config.random_seed = seed;
-        let mut device = EgressOnly { tx: TxPath { tun: &tun, buf: &mut tx_buf, stats: &mut stats } };
+        let mut device = EgressOnly {
+            tx: TxPath {
+                tun: &tun,
+                buf: &mut tx_buf,
+                stats: &mut stats,
+            },
+        };
         let mut iface = Interface::new(iface_config, &mut device, Instant::ZERO);
         // Any-IP: every destination is ours to terminate. smoltcp still wants
         // one address per family to exist; these are never on the wire.
         iface.set_any_ip(true);
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::new(192, 0, 0, 8)), 32));
-            let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(Ipv6Address::new(0x100, 0, 0, 0, 0, 0, 0, 1)), 128));
+            let _ = addrs.push(IpCidr::new(
+                IpAddress::Ipv6(Ipv6Address::new(0x100, 0, 0, 0, 0, 0, 0, 1)),
+                128,
+            ));
         });
         Stack {
             iface,
@@ -215,7 +229,10 @@ impl Stack {
     fn replay_syn(&mut self, key: FlowKey, syn: &mut [u8], rx: usize, tx: usize) -> Option<SocketHandle> {
         // calloc'd: pages of a large buffer cost memory only once touched.
         let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; rx]), tcp::SocketBuffer::new(vec![0; tx]));
-        let endpoint = IpListenEndpoint { addr: Some(key.dest.ip().into()), port: key.dest.port() };
+        let endpoint = IpListenEndpoint {
+            addr: Some(key.dest.ip().into()),
+            port: key.dest.port(),
+        };
         socket.listen(endpoint).ok()?;
         let handle = self.sockets.add(socket);
         self.feed(syn);
@@ -237,7 +254,11 @@ impl Stack {
         let now = self.now();
         let mut device = OnePacket {
             packet: Some(packet),
-            tx: TxPath { tun: &self.tun, buf: &mut self.tx_buf, stats: &mut self.stats },
+            tx: TxPath {
+                tun: &self.tun,
+                buf: &mut self.tx_buf,
+                stats: &mut self.stats,
+            },
         };
         self.iface.poll_ingress_single(now, &mut device, &mut self.sockets);
     }
@@ -245,7 +266,13 @@ impl Stack {
     /// Sends what the sockets have to send, then frees finished sockets.
     pub fn egress(&mut self) {
         let now = self.now();
-        let mut device = EgressOnly { tx: TxPath { tun: &self.tun, buf: &mut self.tx_buf, stats: &mut self.stats } };
+        let mut device = EgressOnly {
+            tx: TxPath {
+                tun: &self.tun,
+                buf: &mut self.tx_buf,
+                stats: &mut self.stats,
+            },
+        };
         for _ in 0..MAX_EGRESS_ROUNDS {
             if let PollResult::None = self.iface.poll_egress(now, &mut device, &mut self.sockets) {
                 break;
@@ -279,7 +306,9 @@ impl Stack {
     /// How long the worker may sleep before smoltcp's next timer.
     pub fn poll_delay(&mut self) -> Option<Duration> {
         let now = self.now();
-        self.iface.poll_delay(now, &self.sockets).map(|d| Duration::from_micros(d.total_micros()))
+        self.iface
+            .poll_delay(now, &self.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
     }
 
     pub fn live_sessions(&self) -> usize {
@@ -296,8 +325,12 @@ impl Stack {
                 Flow::Pending { .. } => None,
             })
             .collect();
-        let pending: Vec<_> =
-            self.flows.iter().filter(|(_, f)| matches!(f, Flow::Pending { .. })).map(|(k, _)| *k).collect();
+        let pending: Vec<_> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| matches!(f, Flow::Pending { .. }))
+            .map(|(k, _)| *k)
+            .collect();
         for key in pending {
             self.refuse(key);
         }

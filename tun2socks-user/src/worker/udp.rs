@@ -23,7 +23,7 @@ use super::{Shared, dns};
 use crate::dns::{DnsRoute, FakeIpPool, PinGuard};
 use crate::packet::{FlowKey, write_udp};
 use crate::proxy::socks5::{UdpHeaderError, decode_udp_header, encode_udp_header};
-use crate::proxy::{Target, UdpAssociation};
+use crate::proxy::{Target, UdpAssociation, UdpFraming};
 
 /// Datagrams held per session while its association is being set up.
 const MAX_QUEUED: usize = 32;
@@ -58,7 +58,7 @@ pub struct UdpStats {
 
 enum State {
     Associating(VecDeque<(Target, Box<[u8]>)>),
-    Ready(Rc<UdpSocket>),
+    Ready(Rc<UdpSocket>, UdpFraming),
 }
 
 struct Session {
@@ -111,7 +111,10 @@ impl Peers {
         if self.fake.is_empty() || self.direct.contains(&remote) {
             return remote;
         }
-        self.fake.iter().find(|p| p.addr.port() == remote.port()).map_or(remote, |p| p.addr)
+        self.fake
+            .iter()
+            .find(|p| p.addr.port() == remote.port())
+            .map_or(remote, |p| p.addr)
     }
 }
 
@@ -125,7 +128,13 @@ pub struct UdpTable {
 
 impl UdpTable {
     pub fn new(config: UdpConfig) -> Self {
-        UdpTable { sessions: HashMap::new(), config, next_id: 0, scratch: Vec::new(), stats: UdpStats::default() }
+        UdpTable {
+            sessions: HashMap::new(),
+            config,
+            next_id: 0,
+            scratch: Vec::new(),
+            stats: UdpStats::default(),
+        }
     }
 
     pub fn live_sessions(&self) -> usize {
@@ -149,9 +158,9 @@ impl UdpTable {
                 return None;
             };
             match &mut session.state {
-                State::Ready(socket) => {
-                    let socket = socket.clone();
-                    self.send(&socket, &target, payload);
+                State::Ready(socket, framing) => {
+                    let (socket, framing) = (socket.clone(), *framing);
+                    self.send(&socket, framing, &target, payload);
                 }
                 State::Associating(queue) if queue.len() < MAX_QUEUED => queue.push_back((target, payload.into())),
                 State::Associating(_) => self.stats.dropped_out += 1,
@@ -171,13 +180,26 @@ impl UdpTable {
         self.next_id += 1;
         let queue = VecDeque::from([(target, Box::<[u8]>::from(payload))]);
         let state = State::Associating(queue);
-        self.sessions.insert(client, Session { id, last_active: now, state, peers, _cancel: cancel });
+        self.sessions.insert(
+            client,
+            Session {
+                id,
+                last_active: now,
+                state,
+                peers,
+                _cancel: cancel,
+            },
+        );
         self.stats.sessions_opened += 1;
         Some((id, cancelled))
     }
 
     fn evict_oldest(&mut self) {
-        let oldest = self.sessions.iter().min_by_key(|(_, s)| s.last_active).map(|(client, _)| *client);
+        let oldest = self
+            .sessions
+            .iter()
+            .min_by_key(|(_, s)| s.last_active)
+            .map(|(client, _)| *client);
         if let Some(client) = oldest {
             debug!(%client, "UDP session table full, evicting the oldest idle session");
             self.sessions.remove(&client);
@@ -185,14 +207,25 @@ impl UdpTable {
         }
     }
 
-    fn send(&mut self, socket: &UdpSocket, target: &Target, payload: &[u8]) {
-        self.scratch.clear();
-        if encode_udp_header(&mut self.scratch, target).is_err() {
-            self.stats.dropped_out += 1;
-            return;
-        }
-        self.scratch.extend_from_slice(payload);
-        match socket.try_send(&self.scratch) {
+    fn send(&mut self, socket: &UdpSocket, framing: UdpFraming, target: &Target, payload: &[u8]) {
+        let sent = match (framing, target) {
+            (UdpFraming::Socks5, _) => {
+                self.scratch.clear();
+                if encode_udp_header(&mut self.scratch, target).is_err() {
+                    self.stats.dropped_out += 1;
+                    return;
+                }
+                self.scratch.extend_from_slice(payload);
+                socket.try_send(&self.scratch)
+            }
+            (UdpFraming::Plain, Target::Ip(dest)) => socket.try_send_to(payload, *dest),
+            // Without a proxy nobody resolves a name for us.
+            (UdpFraming::Plain, Target::Domain(..)) => {
+                self.stats.dropped_out += 1;
+                return;
+            }
+        };
+        match sent {
             Ok(_) => self.stats.datagrams_out += 1,
             // Full socket buffer: UDP may drop, and must not wait.
             Err(_) => self.stats.dropped_out += 1,
@@ -201,13 +234,16 @@ impl UdpTable {
 
     /// The association is up: flush what waited for it. False if the
     /// session was evicted meanwhile.
-    fn ready(&mut self, client: SocketAddr, id: u64, socket: Rc<UdpSocket>) -> bool {
-        let Some(session) = self.sessions.get_mut(&client).filter(|s| s.id == id) else { return false };
-        let State::Associating(queue) = std::mem::replace(&mut session.state, State::Ready(socket.clone())) else {
+    fn ready(&mut self, client: SocketAddr, id: u64, socket: Rc<UdpSocket>, framing: UdpFraming) -> bool {
+        let Some(session) = self.sessions.get_mut(&client).filter(|s| s.id == id) else {
+            return false;
+        };
+        let ready = State::Ready(socket.clone(), framing);
+        let State::Associating(queue) = std::mem::replace(&mut session.state, ready) else {
             return true;
         };
         for (target, payload) in queue {
-            self.send(&socket, &target, &payload);
+            self.send(&socket, framing, &target, &payload);
         }
         true
     }
@@ -219,7 +255,10 @@ impl UdpTable {
     }
 
     fn idle_for(&self, client: SocketAddr, id: u64, now: Instant) -> Option<Duration> {
-        self.sessions.get(&client).filter(|s| s.id == id).map(|s| now.saturating_duration_since(s.last_active))
+        self.sessions
+            .get(&client)
+            .filter(|s| s.id == id)
+            .map(|s| now.saturating_duration_since(s.last_active))
     }
 
     /// A reply arrived: the session is active, and this is the address the
@@ -260,10 +299,14 @@ pub fn ingress(shared: &Rc<Shared>, key: FlowKey, payload: &[u8]) {
 /// idles out, or it is evicted.
 async fn run(shared: Rc<Shared>, client: SocketAddr, id: u64, mut cancelled: oneshot::Receiver<()>) {
     let association = tokio::select! {
-        result = shared.upstream.associate() => result,
+        result = shared.upstream.associate(client) => result,
         _ = &mut cancelled => return,
     };
-    let UdpAssociation { mut control, socket } = match association {
+    let UdpAssociation {
+        mut control,
+        socket,
+        framing,
+    } = match association {
         Ok(association) => association,
         Err(error) => {
             debug!(%client, %error, "UDP association failed");
@@ -274,7 +317,7 @@ async fn run(shared: Rc<Shared>, client: SocketAddr, id: u64, mut cancelled: one
         }
     };
     let socket = Rc::new(socket);
-    if !shared.udp.borrow_mut().ready(client, id, socket.clone()) {
+    if !shared.udp.borrow_mut().ready(client, id, socket.clone(), framing) {
         return;
     }
     let idle_timeout = shared.udp.borrow().config.idle_timeout;
@@ -285,12 +328,12 @@ async fn run(shared: Rc<Shared>, client: SocketAddr, id: u64, mut cancelled: one
     let end = loop {
         tokio::select! {
             _ = &mut cancelled => break "evicted",
-            received = socket.recv(&mut buf) => match received {
-                Ok(n) => deliver(&shared, client, &buf[..n], &mut packet),
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, from)) => deliver(&shared, client, framing, from, &buf[..n], &mut packet),
                 Err(_) => break "relay socket failed",
             },
-            // The association lives as long as its control connection.
-            read = control.read(&mut control_byte) => match read {
+            // A SOCKS5 association lives as long as its control connection.
+            read = read_control(&mut control, &mut control_byte) => match read {
                 Ok(0) | Err(_) => break "control connection closed",
                 Ok(_) => {}
             },
@@ -308,11 +351,30 @@ async fn run(shared: Rc<Shared>, client: SocketAddr, id: u64, mut cancelled: one
     shared.udp.borrow_mut().remove(client, id);
 }
 
-/// A datagram from the relay: strip the SOCKS5 header and write it into the
-/// TUN queue as coming from the remote that sent it.
-fn deliver(shared: &Shared, client: SocketAddr, datagram: &[u8], packet: &mut Vec<u8>) {
+/// Reads the control connection; pending forever when there is none.
+async fn read_control(control: &mut Option<tokio::net::TcpStream>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match control {
+        Some(stream) => stream.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A datagram from upstream (`from`): strip the SOCKS5 header if any and
+/// write it into the TUN queue as coming from the remote that sent it.
+fn deliver(
+    shared: &Shared,
+    client: SocketAddr,
+    framing: UdpFraming,
+    from: SocketAddr,
+    datagram: &[u8],
+    packet: &mut Vec<u8>,
+) {
     let mut udp = shared.udp.borrow_mut();
-    let (remote, offset) = match decode_udp_header(datagram) {
+    let decoded = match framing {
+        UdpFraming::Socks5 => decode_udp_header(datagram),
+        UdpFraming::Plain => Ok((Target::Ip(from), 0)),
+    };
+    let (remote, offset) = match decoded {
         Ok((Target::Ip(remote), offset)) => (remote, offset),
         Ok((Target::Domain(..), _)) | Err(UdpHeaderError::Truncated | UdpHeaderError::BadAddressType(_)) => {
             udp.stats.dropped_in += 1;
