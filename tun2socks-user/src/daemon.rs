@@ -5,7 +5,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -19,7 +18,7 @@ use crate::device::tun::{self, TunError, TunQueue};
 use crate::dns::{DnsMode, DnsService, FakeIpConfig, FakeIpPool};
 use crate::proxy::Upstream;
 use crate::setup::{self, ExistingDevice, SetupPlan};
-use crate::worker::{self, StackConfig, UdpConfig, WorkerConfig, WorkerStats};
+use crate::worker::{self, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
 use crate::{netns, steering};
 
 /// How long the start-up check waits for the proxy to accept a connection.
@@ -270,7 +269,7 @@ async fn run_workers(
         max_sessions: (cli.max_udp_sessions as usize / workers).max(1),
         idle_timeout: cli.udp_timeout(),
     };
-    let mut handles: Vec<JoinHandle<anyhow::Result<WorkerStats>>> = Vec::with_capacity(workers);
+    let mut handles: Vec<WorkerHandle> = Vec::with_capacity(workers);
     for (index, queue) in queues.into_iter().enumerate() {
         let config = WorkerConfig {
             index,
@@ -303,7 +302,7 @@ async fn run_workers(
             _ = sigterm.recv() => break Ok("SIGTERM"),
             _ = sigint.recv() => break Ok("SIGINT"),
             _ = ticker.tick() => {
-                if handles.iter().any(|h| h.is_finished()) {
+                if handles.iter().any(|h| h.thread.is_finished()) {
                     break Err(anyhow::anyhow!("a worker stopped unexpectedly"));
                 }
             }
@@ -322,12 +321,12 @@ async fn run_workers(
 }
 
 /// Waits for every worker, logs its counters, and counts the failed ones.
-fn join(handles: Vec<JoinHandle<anyhow::Result<WorkerStats>>>) -> usize {
+fn join(handles: Vec<WorkerHandle>) -> usize {
     let mut total = WorkerStats::default();
     let mut failures = 0;
     for (index, handle) in handles.into_iter().enumerate() {
-        match handle.join() {
-            Ok(Ok(stats)) => {
+        match handle.thread.join() {
+            Ok(Ok(WorkerSnapshot { stats, .. })) => {
                 info!("worker finished worker={index} {stats}");
                 total.add(&stats);
             }

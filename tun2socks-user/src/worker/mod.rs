@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info_span, warn};
 
 use crate::device::tun::TunQueue;
@@ -75,14 +75,28 @@ impl Shared {
     }
 }
 
+/// A worker's counters and gauges at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerSnapshot {
+    pub stats: WorkerStats,
+    pub tcp_sessions: usize,
+    pub udp_sessions: usize,
+}
+
+/// Asks a running worker for a snapshot; it answers between two batches of
+/// packets, so reading counters never touches the packet path.
+pub type SnapshotRequests = mpsc::Sender<oneshot::Sender<WorkerSnapshot>>;
+
+pub struct WorkerHandle {
+    pub thread: JoinHandle<anyhow::Result<WorkerSnapshot>>,
+    pub snapshots: SnapshotRequests,
+}
+
 /// Starts worker `config.index` on its own thread. It runs until `shutdown`
-/// turns true (or its sender is dropped) and returns its counters.
-pub fn spawn(
-    config: WorkerConfig,
-    tun: TunQueue,
-    shutdown: watch::Receiver<bool>,
-) -> io::Result<JoinHandle<anyhow::Result<WorkerStats>>> {
-    std::thread::Builder::new()
+/// turns true (or its sender is dropped) and returns its final snapshot.
+pub fn spawn(config: WorkerConfig, tun: TunQueue, shutdown: watch::Receiver<bool>) -> io::Result<WorkerHandle> {
+    let (snapshots, requests) = mpsc::channel(4);
+    let thread = std::thread::Builder::new()
         .name(format!("worker-{}", config.index))
         .spawn(move || {
             let _span = info_span!("worker", id = config.index).entered();
@@ -96,8 +110,9 @@ pub fn spawn(
                 .build()
                 .context("building the worker's runtime")?;
             let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, run(config, tun, shutdown))
-        })
+            local.block_on(&runtime, run(config, tun, shutdown, requests))
+        })?;
+    Ok(WorkerHandle { thread, snapshots })
 }
 
 fn pin_to_cpu(cpu: usize) -> io::Result<()> {
@@ -122,7 +137,12 @@ impl AsRawFd for QueueFd {
     }
 }
 
-async fn run(config: WorkerConfig, tun: TunQueue, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<WorkerStats> {
+async fn run(
+    config: WorkerConfig,
+    tun: TunQueue,
+    mut shutdown: watch::Receiver<bool>,
+    mut snapshot_requests: mpsc::Receiver<oneshot::Sender<WorkerSnapshot>>,
+) -> anyhow::Result<WorkerSnapshot> {
     let tun = Rc::new(tun);
     // SAFETY: QueueFd holds an Rc of the queue, so its fd stays open and
     // the same for the AsyncFd's whole life.
@@ -168,24 +188,29 @@ async fn run(config: WorkerConfig, tun: TunQueue, mut shutdown: watch::Receiver<
                     }
                 }
             }
+            Some(reply) = snapshot_requests.recv() => {
+                let _ = reply.send(snapshot(&shared));
+            }
             () = shared.egress.notified() => {}
             () = tokio::time::sleep(delay) => {}
         }
         shared.stack.borrow_mut().egress();
     }
-    let mut stack = shared.stack.borrow_mut();
-    let mut udp = shared.udp.borrow_mut();
-    debug!(
-        tcp = stack.live_sessions(),
-        udp = udp.live_sessions(),
-        "worker stopping, resetting open sessions"
-    );
-    stack.abort_all();
-    udp.clear();
+    let last = snapshot(&shared);
+    debug!(tcp = last.tcp_sessions, udp = last.udp_sessions, "worker stopping, resetting open sessions");
+    shared.stack.borrow_mut().abort_all();
+    shared.udp.borrow_mut().clear();
+    // The resets just sent count too.
+    Ok(WorkerSnapshot { stats: snapshot(&shared).stats, ..last })
+}
+
+fn snapshot(shared: &Shared) -> WorkerSnapshot {
+    let stack = shared.stack.borrow();
+    let udp = shared.udp.borrow();
     let mut stats = stack.stats.clone();
     stats.udp = udp.stats.clone();
     stats.dns = shared.dns_stats.borrow().clone();
-    Ok(stats)
+    WorkerSnapshot { stats, tcp_sessions: stack.live_sessions(), udp_sessions: udp.live_sessions() }
 }
 
 fn ingress(shared: &Rc<Shared>, packet: &mut [u8]) {

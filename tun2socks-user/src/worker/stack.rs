@@ -24,6 +24,8 @@ use crate::packet::{Classified, FlowKey, classify};
 /// Bounds on how much work and memory one egress call may take, so that a
 /// worker returns to reading its queue regularly.
 const MAX_EGRESS_ROUNDS: usize = 256;
+/// How long a finished session's socket may wait for its last ACK.
+const LINGER_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct StackConfig {
@@ -247,6 +249,9 @@ impl Stack {
 
     /// Marks a session's socket for removal once its last packet is out.
     pub fn finish(&mut self, key: FlowKey, handle: SocketHandle) {
+        // A peer that never acknowledges our FIN must not pin the socket
+        // forever: smoltcp aborts it after this long without an answer.
+        self.tcp(handle).set_timeout(Some(LINGER_TIMEOUT));
         self.closing.push((key, handle));
     }
 
