@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use crate::cli::Cli;
 use crate::device::tun::{self, TunError, TunQueue};
 use crate::dns::{DnsMode, DnsService, FakeIpConfig, FakeIpPool};
 use crate::proxy::Upstream;
-use crate::setup::{self, ExistingDevice, SetupPlan};
+use crate::journal::{self, Journal};
+use crate::setup::{self, ExistingDevice, SetupError, SetupPlan};
 use crate::worker::{self, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
 use crate::{netns, steering};
 
@@ -43,16 +45,66 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    // What a killed instance left behind goes first: the namespace gets
+    // back to where it was before we add anything.
+    let journal_dir = Path::new(journal::DEFAULT_DIR);
+    let report = journal::recover(journal_dir, Some(&cli.device))
+        .await
+        .context("rolling back what a previous instance left behind (see `tun2socks cleanup`)")?;
+    if !report.rolled_back.is_empty() {
+        warn!(%report, "rolled back the setup of an instance that died");
+    }
+
+    // Everything that can fail on bad input fails before anything changes.
     let upstream = upstream(&cli).await?;
-    check_device(&cli.device).await?;
-    let workers = cli.workers();
-    let queues = tun::open_queues(&cli.device, workers).map_err(explain_tun_error)?;
+    let addresses = if cli.addresses.is_empty() {
+        default_addresses()
+    } else {
+        cli.addresses.clone()
+    };
+    let dns = dns_service(&cli, &addresses)?;
+    let plan = plan(&cli, addresses, &dns);
+    let created = check_device(&cli.device).await?;
+
+    let mut journal = Journal::create(journal_dir, &cli.device, created).context("starting the setup journal")?;
+    let signals = Signals { term: &mut sigterm, int: &mut sigint };
+    let (result, undone) = tunnel(&cli, upstream, dns, &plan, &mut journal, signals).await;
+    if undone {
+        if let Err(e) = journal.finish() {
+            warn!(error = %e, "could not remove the setup journal");
+        }
+    } else {
+        error!(journal = %journal.path().display(), "the network setup was not fully undone; `tun2socks cleanup` retries");
+    }
+    result
+}
+
+struct Signals<'a> {
+    term: &'a mut tokio::signal::unix::Signal,
+    int: &'a mut tokio::signal::unix::Signal,
+}
+
+/// Opens the device, sets up the network (journaled), runs the workers until
+/// a signal, and undoes the setup. Returns the outcome and whether the
+/// network is back as it was (so the journal can go).
+async fn tunnel(
+    cli: &Cli,
+    upstream: Upstream,
+    dns: Arc<DnsService>,
+    plan: &SetupPlan,
+    journal: &mut Journal,
+    signals: Signals<'_>,
+) -> (anyhow::Result<()>, bool) {
+    let queues = match tun::open_queues(&cli.device, cli.workers()) {
+        Ok(queues) => queues,
+        Err(e) => return (Err(explain_tun_error(e)), true),
+    };
     // Keeps the device (and its queue 0) alive until the network setup is
     // undone, even after the workers closed their queues.
-    let keepalive: OwnedFd = queues[0]
-        .as_fd()
-        .try_clone_to_owned()
-        .context("duplicating a TUN queue fd")?;
+    let keepalive: OwnedFd = match queues[0].as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => return (Err(e).context("duplicating a TUN queue fd"), true),
+    };
     let _steering = match steering::attach(queues[0].as_fd()) {
         Ok(steering) => Some(steering),
         Err(e) => {
@@ -61,21 +113,41 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             None
         }
     };
-
-    let addresses = if cli.addresses.is_empty() {
-        default_addresses()
-    } else {
-        cli.addresses.clone()
+    let applied = match setup::apply_with(plan, journal).await {
+        Ok(applied) => applied,
+        Err(e) => {
+            // A failed apply rolls itself back, unless it says otherwise.
+            let undone = !matches!(e, SetupError::RollbackIncomplete { .. });
+            return (Err(e).context("configuring the network"), undone);
+        }
     };
-    let dns = dns_service(&cli, &addresses)?;
-    let plan = plan(&cli, addresses, &dns);
-    let applied = setup::apply(&plan).await.context("configuring the network")?;
-    let result = run_workers(&cli, upstream, dns, queues, &mut sigterm, &mut sigint).await;
-    if let Err(e) = applied.undo().await {
-        error!(error = %e, "undoing the network setup was incomplete");
-    }
+    let result = run_workers(cli, upstream, dns, queues, signals.term, signals.int).await;
+    let undone = match applied.undo().await {
+        Ok(()) => true,
+        Err(e) => {
+            error!(error = %e, "undoing the network setup was incomplete");
+            false
+        }
+    };
     drop(keepalive);
-    result
+    (result, undone)
+}
+
+/// `tun2socks cleanup`: rolls back the setup of every instance in this
+/// network namespace (or `netns`) that died without undoing it.
+pub fn cleanup(netns: Option<&str>) -> anyhow::Result<()> {
+    if let Some(ns) = netns {
+        netns::enter(ns).with_context(|| format!("entering network namespace {ns:?}"))?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    let report = runtime
+        .block_on(journal::cleanup(Path::new(journal::DEFAULT_DIR)))
+        .context("rolling back leftover setups")?;
+    println!("{report}");
+    Ok(())
 }
 
 async fn upstream(cli: &Cli) -> anyhow::Result<Upstream> {
@@ -104,16 +176,18 @@ async fn upstream(cli: &Cli) -> anyhow::Result<Upstream> {
     }
 }
 
-async fn check_device(name: &str) -> anyhow::Result<()> {
+/// Checks that `name` is free or an adoptable TUN device; true when free (we
+/// will create the device).
+async fn check_device(name: &str) -> anyhow::Result<bool> {
     match setup::inspect_device(name).await.context("inspecting the device")? {
-        ExistingDevice::Absent => Ok(()),
+        ExistingDevice::Absent => Ok(true),
         ExistingDevice::Tun {
             multi_queue: true,
             persistent,
             ..
         } => {
             info!(device = name, persistent, "adopting an existing multi-queue TUN device");
-            Ok(())
+            Ok(false)
         }
         ExistingDevice::Tun { multi_queue: false, .. } => bail!(
             "device {name} is a single-queue TUN device; recreate it with \

@@ -1,6 +1,6 @@
 //! The crash-recovery journal: what one daemon instance changed in the
 //! network, kept on disk so that it can be undone after the instance died
-//! without undoing it (SIGKILL, abort, power to the process cut).
+//! without undoing it (SIGKILL, abort, OOM kill).
 //!
 //! A TUN device the daemon created vanishes with its queue fds, and takes
 //! its addresses and routes along; policy rules, the throw routes of our
@@ -14,14 +14,17 @@
 //! All calls are made in the target network namespace (after
 //! [`crate::netns::enter`]) inside a tokio runtime:
 //!
-//! 1. at start, before the device is opened: [`recover`]`(dir, Some(device))`
-//!    rolls back a journal a dead instance left for this device (or
-//!    [`cleanup`]`(dir)` for every dead instance of the namespace);
-//! 2. [`Journal::create`]`(dir, device, created)` once the queues are open;
-//!    it refuses while another live instance holds the device;
+//! 1. at start, first: [`recover`]`(dir, Some(device))` rolls back a journal
+//!    that a dead instance left for this device (or [`cleanup`]`(dir)` for
+//!    every dead instance of the namespace);
+//! 2. before opening the queues: [`Journal::create`]`(dir, device, created)`
+//!    (`created`: the device was absent, so opening the queues creates it);
+//!    it refuses while another running instance holds the device, before
+//!    we attach queues to that instance's device. If opening the queues
+//!    fails, [`Journal::finish`];
 //! 3. [`setup::apply_with`]`(&plan, &mut journal)` instead of `apply`; on an
 //!    error other than [`SetupError::RollbackIncomplete`] nothing is left
-//!    in place: call [`Journal::finish`];
+//!    in place: [`Journal::finish`];
 //! 4. at exit, [`Applied::undo`]; when it succeeds, [`Journal::finish`]
 //!    removes the file. When it does not, drop the journal: the file stays
 //!    for `tun2socks cleanup` (or the next start) to finish the job.
@@ -151,7 +154,9 @@ pub struct Journal {
 impl Journal {
     /// Creates the (empty) journal of this process for `device` in the
     /// calling thread's network namespace. `created_device`: whether this
-    /// instance created the device rather than adopting an existing one.
+    /// instance creates the device (it was absent) rather than adopting an
+    /// existing one; recorded for the administrator, recovery does not
+    /// depend on it.
     ///
     /// Fails with [`JournalError::InUse`] while another running instance
     /// owns a journal for the device, and with [`JournalError::Stale`] when

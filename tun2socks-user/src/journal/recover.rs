@@ -145,11 +145,13 @@ async fn recover_one(path: &Path, netns: &NetnsId, boot_id: &str) -> Result<Outc
     match record.owner.liveness() {
         Liveness::Dead => {}
         liveness @ (Liveness::Running | Liveness::Unknown) => {
-            tracing::warn!(%journal, pid = record.owner.pid, ?liveness, "owner may be running, leaving its journal alone");
+            let pid = record.owner.pid;
+            tracing::warn!(%journal, pid, ?liveness, "owner may be running, leaving its journal alone");
             return Ok(Outcome::Live(summary));
         }
     }
-    tracing::info!(%journal, pid = record.owner.pid, changes = record.changes.len(), "rolling back a dead instance's changes");
+    let (pid, changes) = (record.owner.pid, record.changes.len());
+    tracing::info!(%journal, pid, changes, "rolling back the changes of an instance that died");
     if let Some(ifindex) = record.ifindex {
         // Undo reverts last first and tolerates what is already gone: the
         // last change may never have been made, and a created device took
