@@ -104,6 +104,10 @@ pub struct Cli {
     #[arg(long = "fake-ip-range", value_name = "CIDR")]
     pub fake_ip_ranges: Vec<IpNet>,
 
+    /// On SIGTERM/SIGINT, seconds open connections get to finish before they are reset (a second signal: at once).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_seconds)]
+    pub shutdown_timeout: f64,
+
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -112,6 +116,10 @@ pub struct Cli {
 impl Cli {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.connect_timeout)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_timeout)
     }
 
     pub fn udp_timeout(&self) -> Duration {

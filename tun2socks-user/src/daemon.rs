@@ -20,7 +20,7 @@ use crate::dns::{DnsMode, DnsService, FakeIpConfig, FakeIpPool};
 use crate::proxy::Upstream;
 use crate::journal::{self, Journal};
 use crate::setup::{self, ExistingDevice, SetupError, SetupPlan};
-use crate::worker::{self, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
+use crate::worker::{self, Phase, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
 use crate::{netns, steering};
 
 /// How long the start-up check waits for the proxy to accept a connection.
@@ -328,7 +328,7 @@ async fn run_workers(
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
 ) -> anyhow::Result<()> {
-    let (stop, stopped) = watch::channel(false);
+    let (phase, phase_rx) = watch::channel(Phase::Run);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let stack = StackConfig {
         mtu: cli.mtu as usize,
@@ -353,10 +353,10 @@ async fn run_workers(
             upstream: upstream.clone(),
             dns: Some(dns.clone()),
         };
-        match worker::spawn(config, queue, stopped.clone()) {
+        match worker::spawn(config, queue, phase_rx.clone()) {
             Ok(handle) => handles.push(handle),
             Err(e) => {
-                let _ = stop.send(true);
+                let _ = phase.send(Phase::Stop);
                 join(handles);
                 return Err(e).context("starting a worker thread");
             }
@@ -383,15 +383,43 @@ async fn run_workers(
         }
     };
     if let Ok(signal) = &outcome {
-        info!(signal, "shutting down");
+        let timeout = cli.shutdown_timeout();
+        info!(signal, ?timeout, "shutting down: draining open connections (a second signal stops at once)");
+        let _ = phase.send(Phase::Drain);
+        drain(&handles, timeout, sigterm, sigint).await;
     }
-    let _ = stop.send(true);
+    let _ = phase.send(Phase::Stop);
     let failures = join(handles);
     outcome?;
     if failures > 0 {
         bail!("{failures} worker(s) failed");
     }
     Ok(())
+}
+
+/// Waits until every worker has drained, the timeout passes, or another
+/// signal arrives.
+async fn drain(
+    handles: &[WorkerHandle],
+    timeout: Duration,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => return info!("second signal: stopping now"),
+            _ = sigint.recv() => return info!("second signal: stopping now"),
+            () = &mut deadline => return info!("drain timeout: resetting what is still open"),
+            _ = ticker.tick() => {
+                if handles.iter().all(|h| h.thread.is_finished()) {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Waits for every worker, logs its counters, and counts the failed ones.

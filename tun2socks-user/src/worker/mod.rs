@@ -92,9 +92,21 @@ pub struct WorkerHandle {
     pub snapshots: SnapshotRequests,
 }
 
-/// Starts worker `config.index` on its own thread. It runs until `shutdown`
-/// turns true (or its sender is dropped) and returns its final snapshot.
-pub fn spawn(config: WorkerConfig, tun: TunQueue, shutdown: watch::Receiver<bool>) -> io::Result<WorkerHandle> {
+/// What the control thread wants the workers to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Run,
+    /// Refuse new flows, end UDP sessions, let open TCP sessions finish;
+    /// stop once none is left.
+    Drain,
+    /// Reset whatever is still open and stop now.
+    Stop,
+}
+
+/// Starts worker `config.index` on its own thread. It runs until `phase`
+/// says stop (or its sender is dropped), or until a drain has emptied it,
+/// and returns its final snapshot.
+pub fn spawn(config: WorkerConfig, tun: TunQueue, phase: watch::Receiver<Phase>) -> io::Result<WorkerHandle> {
     let (snapshots, requests) = mpsc::channel(4);
     let thread = std::thread::Builder::new()
         .name(format!("worker-{}", config.index))
@@ -110,7 +122,7 @@ pub fn spawn(config: WorkerConfig, tun: TunQueue, shutdown: watch::Receiver<bool
                 .build()
                 .context("building the worker's runtime")?;
             let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, run(config, tun, shutdown, requests))
+            local.block_on(&runtime, run(config, tun, phase, requests))
         })?;
     Ok(WorkerHandle { thread, snapshots })
 }
@@ -140,7 +152,7 @@ impl AsRawFd for QueueFd {
 async fn run(
     config: WorkerConfig,
     tun: TunQueue,
-    mut shutdown: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
     mut snapshot_requests: mpsc::Receiver<oneshot::Sender<WorkerSnapshot>>,
 ) -> anyhow::Result<WorkerSnapshot> {
     let tun = Rc::new(tun);
@@ -170,9 +182,16 @@ async fn run(
             .min(IDLE_WAKEUP);
         tokio::select! {
             biased;
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break;
+            changed = phase.changed() => {
+                let now = if changed.is_err() { Phase::Stop } else { *phase.borrow() };
+                match now {
+                    Phase::Run => {}
+                    Phase::Drain => {
+                        debug!("draining: refusing new flows, ending UDP sessions");
+                        shared.stack.borrow_mut().start_draining();
+                        shared.udp.borrow_mut().start_draining();
+                    }
+                    Phase::Stop => break,
                 }
             }
             ready = queue.readable() => {
@@ -194,7 +213,11 @@ async fn run(
             () = shared.egress.notified() => {}
             () = tokio::time::sleep(delay) => {}
         }
-        shared.stack.borrow_mut().egress();
+        let mut stack = shared.stack.borrow_mut();
+        stack.egress();
+        if stack.is_draining() && stack.live_sessions() == 0 {
+            break;
+        }
     }
     let last = snapshot(&shared);
     debug!(tcp = last.tcp_sessions, udp = last.udp_sessions, "worker stopping, resetting open sessions");

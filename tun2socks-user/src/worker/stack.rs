@@ -70,6 +70,8 @@ pub struct Stack {
     pub stats: WorkerStats,
     config: StackConfig,
     half_open: usize,
+    /// Shutting down: connection requests are refused at once.
+    draining: bool,
     epoch: std::time::Instant,
 }
 
@@ -108,6 +110,7 @@ impl Stack {
             stats,
             config,
             half_open: 0,
+            draining: false,
             epoch,
         }
     }
@@ -169,6 +172,12 @@ impl Stack {
     }
 
     fn hold(&mut self, key: FlowKey, syn: &[u8]) -> Ingress {
+        if self.draining {
+            self.half_open += 1;
+            self.flows.insert(key, Flow::Pending { syn: syn.into() });
+            self.refuse(key);
+            return Ingress::Done;
+        }
         if self.half_open >= self.config.max_half_open {
             self.stats.syn_over_budget += 1;
             return Ingress::Done;
@@ -314,6 +323,14 @@ impl Stack {
         self.iface
             .poll_delay(now, &self.sockets)
             .map(|d| Duration::from_micros(d.total_micros()))
+    }
+
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     pub fn live_sessions(&self) -> usize {

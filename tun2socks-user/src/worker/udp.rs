@@ -123,6 +123,8 @@ pub struct UdpTable {
     config: UdpConfig,
     next_id: u64,
     scratch: Vec<u8>,
+    /// Shutting down: no new sessions.
+    draining: bool,
     pub stats: UdpStats,
 }
 
@@ -133,6 +135,7 @@ impl UdpTable {
             config,
             next_id: 0,
             scratch: Vec::new(),
+            draining: false,
             stats: UdpStats::default(),
         }
     }
@@ -165,6 +168,10 @@ impl UdpTable {
                 State::Associating(queue) if queue.len() < MAX_QUEUED => queue.push_back((target, payload.into())),
                 State::Associating(_) => self.stats.dropped_out += 1,
             }
+            return None;
+        }
+        if self.draining {
+            self.stats.dropped_out += 1;
             return None;
         }
         let mut peers = Peers::default();
@@ -271,6 +278,12 @@ impl UdpTable {
             }
             None => remote,
         }
+    }
+
+    /// Ends every session and opens no new ones.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+        self.clear();
     }
 
     /// Ends every session (shutdown).
