@@ -74,6 +74,10 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(4096..=16_777_216))]
     pub tcp_buffer: u32,
 
+    /// TCP connections in all (split evenly over the workers); more are refused with a reset.
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tcp_sessions: u32,
+
     /// Connection requests per worker waiting for their upstream; more are dropped (the client retries).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_half_open: usize,

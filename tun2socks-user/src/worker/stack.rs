@@ -34,6 +34,8 @@ pub struct StackConfig {
     pub tcp_tx_buffer: usize,
     /// Connection requests waiting for their upstream, per worker.
     pub max_half_open: usize,
+    /// TCP sessions (held, open or closing) per worker.
+    pub max_sessions: usize,
 }
 
 enum Flow {
@@ -172,7 +174,11 @@ impl Stack {
     }
 
     fn hold(&mut self, key: FlowKey, syn: &[u8]) -> Ingress {
-        if self.draining {
+        let over_limit = self.flows.len() >= self.config.max_sessions;
+        if over_limit {
+            self.stats.tcp_over_limit += 1;
+        }
+        if self.draining || over_limit {
             self.half_open += 1;
             self.flows.insert(key, Flow::Pending { syn: syn.into() });
             self.refuse(key);

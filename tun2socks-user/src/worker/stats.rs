@@ -18,6 +18,8 @@ pub struct WorkerStats {
     pub flows_refused: u64,
     /// Connection requests dropped because the half-open budget was spent.
     pub syn_over_budget: u64,
+    /// Connection requests refused because --max-tcp-sessions was reached.
+    pub tcp_over_limit: u64,
     /// Non-SYN TCP packets for which this worker held no session: with
     /// working flow steering this stays 0 (a few are normal after resets).
     pub no_session_packets: u64,
@@ -38,6 +40,7 @@ impl WorkerStats {
         self.flows_accepted += other.flows_accepted;
         self.flows_refused += other.flows_refused;
         self.syn_over_budget += other.syn_over_budget;
+        self.tcp_over_limit += other.tcp_over_limit;
         self.no_session_packets += other.no_session_packets;
         self.dropped_malformed += other.dropped_malformed;
         self.dropped_unsupported += other.dropped_unsupported;
@@ -64,7 +67,7 @@ impl fmt::Display for WorkerStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "flows_accepted={} flows_refused={} syn_over_budget={} packets_in={} bytes_in={} \
+            "flows_accepted={} flows_refused={} syn_over_budget={} tcp_over_limit={} packets_in={} bytes_in={} \
              packets_out={} bytes_out={} no_session_packets={} dropped_malformed={} \
              dropped_unsupported={} tun_write_errors={} udp_sessions_opened={} udp_sessions_evicted={} \
              udp_sessions_failed={} udp_datagrams_out={} udp_datagrams_in={} udp_dropped_out={} \
@@ -73,6 +76,7 @@ impl fmt::Display for WorkerStats {
             self.flows_accepted,
             self.flows_refused,
             self.syn_over_budget,
+            self.tcp_over_limit,
             self.packets_in,
             self.bytes_in,
             self.packets_out,
