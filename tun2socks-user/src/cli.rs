@@ -78,6 +78,10 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tcp_sessions: u32,
 
+    /// Seconds without data either way after which a TCP connection is reset (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 7440.0, value_parser = parse_seconds_or_zero)]
+    pub tcp_idle_timeout: f64,
+
     /// Connection requests per worker waiting for their upstream; more are dropped (the client retries).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub max_half_open: usize,
@@ -122,6 +126,10 @@ impl Cli {
         Duration::from_secs_f64(self.connect_timeout)
     }
 
+    pub fn tcp_idle_timeout(&self) -> Option<Duration> {
+        (self.tcp_idle_timeout > 0.0).then(|| Duration::from_secs_f64(self.tcp_idle_timeout))
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_timeout)
     }
@@ -156,6 +164,13 @@ fn parse_u32(s: &str) -> Result<u32, String> {
         None => s.parse(),
     };
     parsed.map_err(|_| format!("{s:?} is not a 32-bit number (decimal or 0x-hex)"))
+}
+
+fn parse_seconds_or_zero(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=86_400.0 * 7.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 604800")),
+    }
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {

@@ -353,6 +353,7 @@ async fn run_workers(
             udp: udp.clone(),
             upstream: upstream.clone(),
             dns: Some(dns.clone()),
+            tcp_idle_timeout: cli.tcp_idle_timeout(),
         };
         match worker::spawn(config, queue, phase_rx.clone()) {
             Ok(handle) => handles.push(handle),

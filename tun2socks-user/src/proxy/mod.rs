@@ -373,6 +373,13 @@ fn marked_socket(peer: SocketAddr, fwmark: u32) -> Result<TcpSocket, UpstreamErr
     if fwmark != 0 {
         socket.set_mark(fwmark).map_err(UpstreamError::Mark)?;
     }
+    // A proxy that vanishes without a FIN or RST is noticed in about two
+    // minutes instead of never.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    let _ = socket.set_tcp_keepalive(&keepalive);
     Ok(TcpSocket::from_std_stream(socket.into()))
 }
 

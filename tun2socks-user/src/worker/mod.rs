@@ -49,6 +49,8 @@ pub struct WorkerConfig {
     pub udp: UdpConfig,
     pub upstream: Upstream,
     pub dns: Option<Arc<DnsService>>,
+    /// TCP sessions with no data either way for this long are reset.
+    pub tcp_idle_timeout: Option<std::time::Duration>,
 }
 
 /// What a worker's tasks share. Single-threaded by construction.
@@ -56,6 +58,7 @@ pub struct Shared {
     pub stack: RefCell<Stack>,
     pub udp: RefCell<UdpTable>,
     pub upstream: Upstream,
+    pub tcp_idle_timeout: Option<std::time::Duration>,
     pub dns: Option<Arc<DnsService>>,
     pub dns_stats: RefCell<dns::DnsStats>,
     pub dns_in_flight: Cell<usize>,
@@ -166,6 +169,7 @@ async fn run(
         stack: RefCell::new(Stack::new(tun.clone(), config.stack.clone(), seed)),
         udp: RefCell::new(UdpTable::new(config.udp.clone())),
         upstream: config.upstream.clone(),
+        tcp_idle_timeout: config.tcp_idle_timeout,
         dns: config.dns.clone(),
         dns_stats: RefCell::default(),
         dns_in_flight: Cell::new(0),

@@ -12,6 +12,7 @@ use std::io;
 use std::net::Shutdown;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -60,18 +61,42 @@ pub async fn run(shared: Rc<Shared>, key: FlowKey) {
         stream,
         upstream_write_shut: false,
         app_write_shut: false,
+        last_activity: Instant::now(),
     };
-    let end = poll_fn(|cx| relay.poll(cx, &shared)).await;
+    let end = relay_until_end(&mut relay, &shared).await;
     debug!(flow = %key, ?end, "session ended");
-    if end == End::AppReset {
+    if matches!(end, End::AppReset | End::Idle) {
         reset_on_close(&relay.stream);
     }
     shared.stack.borrow_mut().finish(key, handle);
     shared.want_egress();
 }
 
+/// Relays until the session ends, or until nothing moved either way for
+/// the idle timeout (then both sides get a reset).
+async fn relay_until_end(relay: &mut Relay, shared: &Shared) -> End {
+    let Some(idle) = shared.tcp_idle_timeout else {
+        return poll_fn(|cx| relay.poll(cx, shared)).await;
+    };
+    loop {
+        let deadline = relay.last_activity + idle;
+        tokio::select! {
+            end = poll_fn(|cx| relay.poll(cx, shared)) => return end,
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if relay.last_activity + idle <= Instant::now() {
+                    shared.stack.borrow_mut().tcp(relay.handle).abort();
+                    shared.want_egress();
+                    return End::Idle;
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
+    /// Nothing moved for --tcp-idle-timeout.
+    Idle,
     /// Both directions closed with FINs.
     Closed,
     /// The application reset (or smoltcp timed out) the connection.
@@ -87,6 +112,8 @@ struct Relay {
     upstream_write_shut: bool,
     /// The upstream sent EOF and the socket was told to FIN.
     app_write_shut: bool,
+    /// When data last moved, for the idle timeout.
+    last_activity: Instant,
 }
 
 /// What one direction of the relay did in one poll.
@@ -103,6 +130,9 @@ impl Relay {
         let up = self.app_to_upstream(cx, socket);
         let down = self.upstream_to_app(cx, socket);
         let moved = matches!(up, Step::Moved) || matches!(down, Step::Moved);
+        if moved {
+            self.last_activity = Instant::now();
+        }
         let end = match (up, down) {
             (Step::Failed(error), _) | (_, Step::Failed(error)) => {
                 debug!(%error, "upstream I/O failed, resetting the application");
