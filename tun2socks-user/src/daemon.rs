@@ -21,7 +21,7 @@ use crate::proxy::Upstream;
 use crate::journal::{self, Journal};
 use crate::setup::{self, ExistingDevice, SetupError, SetupPlan};
 use crate::worker::{self, Phase, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
-use crate::{netns, steering};
+use crate::{netns, privileges, steering};
 
 /// How long the start-up check waits for the proxy to accept a connection.
 const PROXY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,6 +121,11 @@ async fn tunnel(
             return (Err(e).context("configuring the network"), undone);
         }
     };
+    // Setup is done: from here on only CAP_NET_ADMIN (marks, undo) is kept.
+    match privileges::drop_to_runtime_set() {
+        Ok(()) => info!("dropped every capability but CAP_NET_ADMIN"),
+        Err(e) => warn!(error = %e, "could not drop capabilities; running with those we were given"),
+    }
     let result = run_workers(cli, upstream, dns, queues, signals.term, signals.int).await;
     let undone = match applied.undo().await {
         Ok(()) => true,

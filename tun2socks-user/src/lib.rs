@@ -7,6 +7,7 @@ pub mod dns;
 pub mod journal;
 pub mod netns;
 pub mod packet;
+pub mod privileges;
 pub mod proxy;
 pub mod setup;
 pub mod steering;

@@ -1,0 +1,93 @@
+//! Dropping privileges, in one named place.
+//!
+//! Setup needs much (CAP_NET_ADMIN for the device, routes and rules, CAP_BPF
+//! or CAP_SYS_ADMIN for the steering program); the running daemon needs only
+//! CAP_NET_ADMIN: to put its firewall mark on each new upstream socket and to
+//! undo the setup at exit. Everything else goes once setup is done, before
+//! any worker thread exists (capabilities are per thread, and threads inherit
+//! them), and `no_new_privs` keeps an exec from gaining any back.
+
+use std::io;
+
+const CAP_NET_ADMIN: u32 = 12;
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Keeps CAP_NET_ADMIN (if held) and drops every other capability from the
+/// calling thread's effective, permitted, inheritable, ambient and bounding
+/// sets.
+pub fn drop_to_runtime_set() -> io::Result<()> {
+    let keep = 1u32 << CAP_NET_ADMIN;
+    let (mut header, mut data) = (CapHeader { version: CAPABILITY_VERSION_3, pid: 0 }, [CapData::default(); 2]);
+    // SAFETY: capget fills a v3 header and two data words we own.
+    check(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
+    let held = data[0].permitted & keep;
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which the
+    // capset below removes. Unknown (too new) capabilities give EINVAL: done.
+    for cap in 0..64 {
+        if cap == CAP_NET_ADMIN {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(err);
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) } as libc::c_long)?;
+    let data = [CapData { effective: held, permitted: held, inheritable: 0 }, CapData::default()];
+    // SAFETY: capset reads a v3 header and two data words.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) })?;
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long)?;
+    Ok(())
+}
+
+/// The calling thread's effective capability bits (low word, high word).
+pub fn effective() -> io::Result<u64> {
+    let (mut header, mut data) = (CapHeader { version: CAPABILITY_VERSION_3, pid: 0 }, [CapData::default(); 2]);
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
+    Ok(u64::from(data[0].effective) | u64::from(data[1].effective) << 32)
+}
+
+fn check(rc: libc::c_long) -> io::Result<()> {
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_all_but_net_admin_in_this_thread_only() {
+        // Capabilities are per thread: do it in a thread of its own.
+        std::thread::spawn(|| {
+            let before = effective().unwrap();
+            drop_to_runtime_set().unwrap();
+            let after = effective().unwrap();
+            assert_eq!(after, before & (1 << CAP_NET_ADMIN), "before {before:#x} after {after:#x}");
+        })
+        .join()
+        .unwrap();
+    }
+}
