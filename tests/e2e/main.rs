@@ -10,9 +10,11 @@ mod support;
 
 mod auth; // 3. SOCKS5 username/password
 mod curl; // 1. curl via dante and microsocks, IPv4 and IPv6
+mod dns; // issue 3: 3. dig in udp and over-tcp modes, 4. fake-ip by name
 mod errors; // one-line errors for bad configurations
 mod lab_check; // the lab alone, without the daemon
 mod refusal; // 4. refused destinations are refused fast
 mod route_loop; // 7. a routed prefix containing the proxy
 mod teardown; // 6. the namespace is as before after SIGTERM/SIGINT
 mod transfer; // 2. 32 parallel verified transfers on two workers
+mod udp; // issue 3: 1. UDP echo, 2. endpoint-independent mapping, 5. session bounds

@@ -2,7 +2,7 @@
 //! Each runs until the lab is dropped; its output is in `<lab dir>/<name>.log`.
 
 use std::fs;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -139,5 +139,66 @@ socks pass {{ from: 0/0 to: 0/0 log: error }}
         let mut cmd = self.srv().command("iperf3");
         cmd.args(["--server", "--port", &port::IPERF.to_string()]);
         self.spawn_server("iperf3", cmd, &[port::IPERF])
+    }
+}
+
+/// Names dnsmasq in `srv` knows: `www.example.test` and its addresses.
+pub const DNS_NAME: &str = "www.example.test";
+pub const DNS_NAME_V4: &str = "10.0.2.77";
+pub const DNS_NAME_V6: &str = "fd00:2::77";
+/// The TXT record dnsmasq serves for [`DNS_NAME`].
+pub const DNS_NAME_TXT: &str = "t2s-txt-record";
+
+impl Lab {
+    /// `t2s-udp echo-server` in `srv` on [`port::UDP_ECHO`] of `srv`'s
+    /// addresses. Bound to each address rather than to `[::]`: a wildcard
+    /// socket replies from the address the kernel picks, not the one the
+    /// request went to, and a relay with a connected socket (dante) drops
+    /// such replies once `srv` has a second address.
+    pub fn start_udp_echo(&self, t2s_udp: &Path) -> Result<()> {
+        let mut cmd = self.srv().command(&t2s_udp.to_string_lossy());
+        cmd.arg("echo-server");
+        for v6 in [false, true] {
+            cmd.args(["--listen", &SocketAddr::new(addr::srv(v6), port::UDP_ECHO).to_string()]);
+        }
+        self.spawn_udp_server("udp-echo", cmd, &[port::UDP_ECHO])
+    }
+
+    /// `t2s-udp whoami-server` in `srv` on the given addresses (which must be
+    /// `srv`'s; see [`Lab::start_udp_echo`] for why not a wildcard).
+    pub fn start_whoami(&self, t2s_udp: &Path, listen: &[SocketAddr]) -> Result<()> {
+        let mut cmd = self.srv().command(&t2s_udp.to_string_lossy());
+        cmd.arg("whoami-server");
+        for addr in listen {
+            cmd.args(["--listen", &addr.to_string()]);
+        }
+        let mut ports: Vec<u16> = listen.iter().map(SocketAddr::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        self.spawn_udp_server("whoami", cmd, &ports)
+    }
+
+    /// dnsmasq in `srv` on 10.0.2.2 and fd00:2::2 port 53 (UDP and TCP),
+    /// answering from a hosts file only: [`DNS_NAME`] is [`DNS_NAME_V4`] and
+    /// [`DNS_NAME_V6`], with TXT [`DNS_NAME_TXT`]. It logs every query.
+    pub fn start_dnsmasq(&self) -> Result<()> {
+        let hosts = self.dir().join("dnsmasq.hosts");
+        fs::write(&hosts, format!("{DNS_NAME_V4} {DNS_NAME}\n{DNS_NAME_V6} {DNS_NAME}\n"))
+            .with_context(|| format!("writing {}", hosts.display()))?;
+        let mut cmd = self.srv().command("dnsmasq");
+        cmd.args([
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--log-queries",
+        ])
+        .args(["--log-facility=-", "--user=root", "--group=root"])
+        .arg(format!("--addn-hosts={}", hosts.display()))
+        .arg(format!("--pid-file={}", self.dir().join("dnsmasq.pid").display()))
+        .arg(format!("--listen-address={},{}", addr::SRV_V4, addr::SRV_V6))
+        .arg(format!("--port={}", port::DNS))
+        .arg(format!("--txt-record={DNS_NAME},{DNS_NAME_TXT}"));
+        self.spawn_server("dnsmasq", cmd, &[port::DNS])
     }
 }

@@ -57,10 +57,21 @@ pub mod port {
     pub const CLOSED: u16 = 82;
     /// iperf3 server in `srv`.
     pub const IPERF: u16 = 5201;
+    /// `t2s-udp echo-server` in `srv` (UDP).
+    pub const UDP_ECHO: u16 = 7000;
+    /// `t2s-udp whoami-server`s in `srv` (UDP): they answer with the source
+    /// endpoint they saw.
+    pub const WHOAMI: u16 = 7001;
+    pub const WHOAMI_2: u16 = 7002;
+    /// dnsmasq in `srv` (UDP and TCP).
+    pub const DNS: u16 = 53;
 }
 
 /// Namespace and temp-dir names start with this, then `-<pid>-<counter>`.
 const PREFIX: &str = "t2s";
+
+/// Where `ip netns exec NS` finds files it bind-mounts over `/etc/FILE`.
+const NETNS_ETC: &str = "/etc/netns";
 
 /// A running lab: `app` —veth— `proxy` —veth— `srv`, servers in them, logs in
 /// a temp dir. Dropping it kills the servers and deletes the namespaces.
@@ -71,6 +82,8 @@ pub struct Lab {
     proxy: Netns,
     srv: Netns,
     dir: TempDir,
+    /// `/etc/netns/<ns>` dirs this lab created, removed on drop.
+    etc_dirs: RefCell<Vec<PathBuf>>,
 }
 
 impl Lab {
@@ -98,6 +111,7 @@ impl Lab {
             proxy,
             srv,
             dir,
+            etc_dirs: RefCell::new(Vec::new()),
         })
     }
 
@@ -137,17 +151,41 @@ impl Lab {
     /// Starts a server and waits (bounded) until it listens on every port.
     /// It runs until the lab is dropped.
     pub fn spawn_server(&self, name: &str, cmd: Command, ports: &[u16]) -> Result<()> {
+        self.spawn_server_on(name, cmd, Proto::Tcp, ports)
+    }
+
+    /// [`Lab::spawn_server`] for a UDP server: waits until it has a UDP
+    /// socket bound to every port.
+    pub fn spawn_udp_server(&self, name: &str, cmd: Command, ports: &[u16]) -> Result<()> {
+        self.spawn_server_on(name, cmd, Proto::Udp, ports)
+    }
+
+    fn spawn_server_on(&self, name: &str, cmd: Command, proto: Proto, ports: &[u16]) -> Result<()> {
         let mut server = Process::spawn(name, cmd, &self.log_path(name))?;
         for &port in ports {
-            let what = format!("{name} to listen on port {port}");
+            let what = format!("{name} to listen on {proto:?} port {port}");
             poll(&what, Duration::from_secs(10), || {
                 server.ensure_running()?;
-                is_listening(server.pid(), port)
+                is_listening(server.pid(), proto, port)
             })
             .with_context(|| format!("log of {name}:\n{}", server.log()))?;
         }
         self.procs.borrow_mut().push(server);
         Ok(())
+    }
+
+    /// Writes `/etc/netns/<ns>/<file>`, which `ip netns exec` bind-mounts over
+    /// `/etc/<file>` for every program it starts in `ns` from then on (e.g.
+    /// `hosts`, `resolv.conf`). Servers that must see it have to be started
+    /// after it is written. The directory is removed with the lab.
+    pub fn netns_etc_file(&self, ns: &Netns, file: &str, contents: &str) -> Result<()> {
+        let dir = Path::new(NETNS_ETC).join(ns.name());
+        if !self.etc_dirs.borrow().contains(&dir) {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            self.etc_dirs.borrow_mut().push(dir.clone());
+        }
+        let path = dir.join(file);
+        fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Runs a short command in `ns`, bounded by `timeout`.
@@ -210,6 +248,11 @@ impl Drop for Lab {
         }
         // Processes first: a namespace is only gone once nothing runs in it.
         self.procs.borrow_mut().clear();
+        for dir in self.etc_dirs.borrow_mut().drain(..) {
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                eprintln!("lab: cannot remove {}: {e}", dir.display());
+            }
+        }
         // Then the fields drop: namespaces are deleted, the temp dir removed.
     }
 }
@@ -288,11 +331,22 @@ fn wire(app: &Netns, proxy: &Netns, srv: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// Whether a process's network namespace has a TCP socket listening on `port`
-/// (read from `/proc/PID/net/tcp{,6}`, which show the namespace of PID).
-fn is_listening(pid: u32, port: u16) -> Result<Option<()>> {
-    const LISTEN: &str = "0A";
-    for table in ["tcp", "tcp6"] {
+#[derive(Debug, Clone, Copy)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// Whether a process's network namespace has a TCP socket listening on `port`,
+/// or a UDP socket bound to it (read from `/proc/PID/net/{tcp,udp}{,6}`, which
+/// show the namespace of PID).
+fn is_listening(pid: u32, proto: Proto, port: u16) -> Result<Option<()>> {
+    // TCP_LISTEN; a bound, unconnected UDP socket shows TCP_CLOSE.
+    let (tables, wanted) = match proto {
+        Proto::Tcp => (["tcp", "tcp6"], "0A"),
+        Proto::Udp => (["udp", "udp6"], "07"),
+    };
+    for table in tables {
         let path = format!("/proc/{pid}/net/{table}");
         let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         for line in text.lines().skip(1) {
@@ -301,7 +355,7 @@ fn is_listening(pid: u32, port: u16) -> Result<Option<()>> {
                 continue;
             };
             let local_port = local.rsplit(':').next().map(|p| u16::from_str_radix(p, 16));
-            if *state == LISTEN && local_port == Some(Ok(port)) {
+            if *state == wanted && local_port == Some(Ok(port)) {
                 return Ok(Some(()));
             }
         }
@@ -309,9 +363,9 @@ fn is_listening(pid: u32, port: u16) -> Result<Option<()>> {
     Ok(None)
 }
 
-/// Removes namespaces and temp dirs of labs whose creating process is gone
-/// (a test run that was killed). Only names of the lab's own pattern are
-/// touched: `t2s-<pid>-<n>[-app|-proxy|-srv]`.
+/// Removes namespaces, temp dirs and `/etc/netns` dirs of labs whose
+/// creating process is gone (a test run that was killed). Only names of the
+/// lab's own pattern are touched: `t2s-<pid>-<n>[-app|-proxy|-srv]`.
 fn reap_stale() {
     let owner_is_gone = |name: &str| {
         let mut parts = name.split('-');
@@ -333,7 +387,11 @@ fn reap_stale() {
             drop(Netns::adopt(&name));
         }
     }
-    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+    // Temp dirs, and the /etc/netns/<ns> dirs of `Lab::netns_etc_file`.
+    for parent in [std::env::temp_dir(), PathBuf::from(NETNS_ETC)] {
+        let Ok(entries) = fs::read_dir(&parent) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if owner_is_gone(&name) && entry.path().is_dir() {

@@ -1,9 +1,19 @@
 //! The command line: a contract that scripts and tests rely on.
+//!
+//! `tun2socks --proxy URL ...` runs the daemon (flat flags, as always); a
+//! handful of subcommands (`check-config`, `stats`, `cleanup`, `completions`,
+//! `man`) sit next to it. [`Cli`] is the daemon's whole configuration: the
+//! config file (`--config`, see `crate::config`) has exactly its long flags
+//! as keys, and the final [`Cli`] is parsed from the merge of both.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 
 use crate::dns::DnsMode;
 use crate::proxy::ProxyUrl;
@@ -11,20 +21,47 @@ use crate::proxy::ProxyUrl;
 pub const DEFAULT_FWMARK: u32 = 0x7432;
 pub const DEFAULT_RULE_PRIORITY: u32 = 5208;
 
+/// Where proxy credentials can come from without showing up in `ps`.
+pub const PROXY_ENV: &str = "TUN2SOCKS_PROXY";
+
+const AFTER_HELP: &str = "\
+The proxy may also come from the environment variable TUN2SOCKS_PROXY, from --proxy-file or from
+the config file: a password given with --proxy is visible to every local user (ps).
+
+Examples:
+  tun2socks --proxy socks5://10.0.1.2:1080
+  tun2socks --proxy socks5://user:pass@[fd00:1::2]:1080 --route 10.0.0.0/8 --bypass 10.0.1.0/24
+  tun2socks --proxy http://proxy.lan:3128 --dns over-tcp
+  TUN2SOCKS_PROXY=socks5://alice:secret@proxy.lan:1080 tun2socks --metrics 127.0.0.1:9464
+  tun2socks --netns app --proxy socks5://proxy.lan:1080 --workers 2
+  tun2socks --config /etc/tun2socks/config.toml --workers 4
+  ip tuntap add mode tun multi_queue name t2s0 && tun2socks --device tun://t2s0 --no-setup --proxy ...
+  tun2socks check-config /etc/tun2socks/config.toml
+  tun2socks stats --watch --netns app
+  tun2socks cleanup --netns app";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tun2socks",
-    version,
-    about = "Relay every TCP flow of this host through a SOCKS5 proxy: per-core workers on an eBPF-steered multi-queue TUN",
-    after_help = "Examples:\n  \
-      tun2socks --proxy socks5://10.0.1.2:1080\n  \
-      tun2socks --proxy socks5://user:pass@[fd00:1::2]:1080 --route 10.0.0.0/8 --bypass 10.0.1.0/24\n  \
-      tun2socks --netns app --proxy socks5://proxy.lan:1080 --workers 2"
+    version = long_version(),
+    about = "Relay every TCP and UDP flow of this host through a SOCKS5 or HTTP proxy (or directly): \
+             per-core workers on an eBPF-steered multi-queue TUN",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// Upstream proxy: socks5://[USER:PASS@]HOST:PORT (HOST: IPv4, [IPv6] or a name, resolved at start).
-    #[arg(long, value_name = "URL")]
+    /// Read settings from this TOML file: its keys are the long flags below (repeatable ones take
+    /// arrays); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Upstream: socks5://[USER:PASS@]HOST:PORT, http://[USER:PASS@]HOST:PORT (CONNECT, TCP only) or
+    /// direct:// (HOST: IPv4, [IPv6] or a name, resolved at start). Also: TUN2SOCKS_PROXY, --proxy-file.
+    #[arg(long, value_name = "URL", conflicts_with = "proxy_file")]
     pub proxy: ProxyUrl,
+
+    /// Read the proxy URL from the first line of this file (keeps a password out of argv and logs).
+    #[arg(long, value_name = "FILE")]
+    pub proxy_file: Option<PathBuf>,
 
     /// The TUN device to create, or to adopt if it exists (made by `ip tuntap add mode tun multi_queue`).
     #[arg(long, value_name = "tun://NAME", default_value = "tun://tun2socks0", value_parser = parse_device)]
@@ -65,6 +102,11 @@ pub struct Cli {
     /// Do everything inside this network namespace (as named by `ip netns`).
     #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
+
+    /// Leave addresses, MTU, link state, routes and rules to you (iproute2): only open the device and
+    /// run the workers. Upstream sockets still carry --fwmark; keep the device's MTU equal to --mtu.
+    #[arg(long)]
+    pub no_setup: bool,
 
     /// Seconds to wait for the proxy to connect a flow before the application gets a reset.
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = parse_seconds)]
@@ -116,9 +158,103 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_seconds)]
     pub shutdown_timeout: f64,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics (inside --netns); loopback only unless
+    /// --metrics-allow-remote.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Let --metrics listen on a non-loopback address (the counters reveal traffic patterns).
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+// The subcommands; without one, `tun2socks` runs the daemon. (A doc comment
+// here would replace the program's `about` in --help.)
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config file and print the effective configuration (secrets masked).
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print live counters of a running instance (read from its socket under /run/tun2socks/).
+    Stats {
+        /// Refresh every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// The instance running in this network namespace (as named by `ip netns`).
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
+        /// The instance of this device, when several run in the namespace.
+        #[arg(long, value_name = "tun://NAME", value_parser = parse_device)]
+        device: Option<String>,
+    },
+    /// Roll back the network setup of instances that died without undoing it (journals in /run/tun2socks/).
+    Cleanup {
+        /// Clean up inside this network namespace (as named by `ip netns`).
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
+    },
+    /// Print a completion script for a shell (e.g. `tun2socks completions bash > /etc/bash_completion.d/tun2socks`).
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, generated from this command line (`tun2socks man > tun2socks.1`).
+    Man,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    /// Run the daemon; the matches still have to be merged with the config
+    /// file (`crate::config::resolve`).
+    Run(Box<ArgMatches>),
+    Command(Command),
+}
+
+/// The whole command line: the daemon's flags (with `--proxy` optional, as
+/// it may come from elsewhere) and the subcommands. `--help`, completions
+/// and the man page are made from it.
+pub fn command() -> clap::Command {
+    let daemon = Cli::command()
+        .mut_arg("proxy", |arg| arg.required(false))
+        .args_conflicts_with_subcommands(true);
+    Command::augment_subcommands(daemon)
+}
+
+/// Parses `args` (program name first).
+pub fn parse_from<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    if matches.subcommand().is_some() {
+        return Command::from_arg_matches(&matches).map(Invocation::Command);
+    }
+    Ok(Invocation::Run(Box::new(matches)))
+}
+
+/// `0.1.0 (ebpf sha256:0123456789ab)`: the version and a build id of the
+/// embedded eBPF object, so that a bug report names the exact programs.
+pub fn long_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| format!("{} (ebpf {})", env!("CARGO_PKG_VERSION"), ebpf_build_id()))
+}
+
+/// `sha256:` and the first 12 hex digits of the SHA-256 of the embedded eBPF object.
+pub fn ebpf_build_id() -> String {
+    // The same file `steering` embeds; hashed at start-up (microseconds)
+    // rather than in build.rs so that the id is of the bytes really linked in.
+    const OBJECT: &[u8] = include_bytes!(env!("TUN2SOCKS_EBPF_OBJ"));
+    let digest = Sha256::digest(OBJECT);
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 impl Cli {
@@ -150,7 +286,7 @@ impl Cli {
     }
 }
 
-fn parse_device(s: &str) -> Result<String, String> {
+pub(crate) fn parse_device(s: &str) -> Result<String, String> {
     let name = s
         .strip_prefix("tun://")
         .ok_or_else(|| format!("{s:?}: expected tun://NAME"))?;

@@ -21,7 +21,7 @@ use crate::proxy::Upstream;
 use crate::journal::{self, Journal};
 use crate::setup::{self, ExistingDevice, SetupError, SetupPlan};
 use crate::worker::{self, Phase, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
-use crate::{netns, privileges, steering};
+use crate::{metrics, netns, notify, privileges, steering};
 
 /// How long the start-up check waits for the proxy to accept a connection.
 const PROXY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,10 +65,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let dns = dns_service(&cli, &addresses)?;
     let plan = plan(&cli, addresses, &dns);
     let created = check_device(&cli.device).await?;
+    // ops: bound now, so that a taken --metrics port fails before anything changes.
+    let endpoints = metrics::Endpoints::bind(&cli)?;
 
     let mut journal = Journal::create(journal_dir, &cli.device, created).context("starting the setup journal")?;
     let signals = Signals { term: &mut sigterm, int: &mut sigint };
-    let (result, undone) = tunnel(&cli, upstream, dns, &plan, &mut journal, signals).await;
+    let (result, undone) = tunnel(&cli, upstream, dns, &plan, &mut journal, signals, endpoints).await;
     if undone {
         if let Err(e) = journal.finish() {
             warn!(error = %e, "could not remove the setup journal");
@@ -94,6 +96,7 @@ async fn tunnel(
     plan: &SetupPlan,
     journal: &mut Journal,
     signals: Signals<'_>,
+    endpoints: metrics::Endpoints,
 ) -> (anyhow::Result<()>, bool) {
     let queues = match tun::open_queues(&cli.device, cli.workers()) {
         Ok(queues) => queues,
@@ -113,7 +116,14 @@ async fn tunnel(
             None
         }
     };
-    let applied = match setup::apply_with(plan, journal).await {
+    // ops: with --no-setup addresses, routes and rules are the user's (iproute2).
+    let applied = if cli.no_setup {
+        info!("--no-setup: leaving the device's addresses, MTU, link state, routes and rules alone");
+        None
+    } else {
+        Some(setup::apply_with(plan, journal).await)
+    };
+    let applied = match applied.transpose() {
         Ok(applied) => applied,
         Err(e) => {
             // A failed apply rolls itself back, unless it says otherwise.
@@ -126,13 +136,16 @@ async fn tunnel(
         Ok(()) => info!("dropped every capability but CAP_NET_ADMIN"),
         Err(e) => warn!(error = %e, "could not drop capabilities; running with those we were given"),
     }
-    let result = run_workers(cli, upstream, dns, queues, signals.term, signals.int).await;
-    let undone = match applied.undo().await {
-        Ok(()) => true,
-        Err(e) => {
-            error!(error = %e, "undoing the network setup was incomplete");
-            false
-        }
+    let result = run_workers(cli, upstream, dns, queues, signals.term, signals.int, endpoints).await;
+    let undone = match applied {
+        None => true,
+        Some(applied) => match applied.undo().await {
+            Ok(()) => true,
+            Err(e) => {
+                error!(error = %e, "undoing the network setup was incomplete");
+                false
+            }
+        },
     };
     drop(keepalive);
     (result, undone)
@@ -332,6 +345,7 @@ async fn run_workers(
     queues: Vec<TunQueue>,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
+    endpoints: metrics::Endpoints,
 ) -> anyhow::Result<()> {
     let (phase, phase_rx) = watch::channel(Phase::Run);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -375,7 +389,10 @@ async fn run_workers(
         DnsMode::OverTcp => info!("DNS queries go over TCP through the proxy"),
         DnsMode::Udp => {}
     }
+    // ops: metrics and `tun2socks stats` while the workers run (and drain).
+    let _serving = endpoints.serve(&handles);
     info!(device = %cli.device, workers, proxy = %cli.proxy.redacted(), dns = %dns.mode, "tun2socks ready");
+    notify::ready(&format!("{workers} workers on {}", cli.device));
 
     let mut ticker = tokio::time::interval(WORKER_CHECK_INTERVAL);
     let outcome = loop {
@@ -392,6 +409,7 @@ async fn run_workers(
     if let Ok(signal) = &outcome {
         let timeout = cli.shutdown_timeout();
         info!(signal, ?timeout, "shutting down: draining open connections (a second signal stops at once)");
+        notify::stopping();
         let _ = phase.send(Phase::Drain);
         drain(&handles, timeout, sigterm, sigint).await;
     }

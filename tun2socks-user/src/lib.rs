@@ -1,11 +1,14 @@
 //! tun2socks daemon library: everything the `tun2socks` binary is made of,
 //! exposed so that integration tests can drive the parts directly.
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod dns;
 pub mod journal;
+pub mod metrics;
 pub mod netns;
+pub mod notify;
 pub mod packet;
 pub mod privileges;
 pub mod proxy;

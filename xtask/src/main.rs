@@ -1,5 +1,6 @@
-//! The developer front door: `cargo xtask build | run | test`.
+//! The developer front door: `cargo xtask build | run | test | bench`.
 
+mod bench;
 mod cargo;
 mod demo;
 mod prereqs;
@@ -33,6 +34,9 @@ enum Task {
     /// Everything CI checks: release build, all tests (end-to-end included),
     /// clippy and rustfmt.
     Test,
+    /// Measure tun2socks against the kernel and a peer (tun2proxy) in a
+    /// namespace lab; JSON, table and SVG plots into target/bench/<time>/.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Task::Build { release } => prereqs::ensure().and_then(|()| cargo::build_daemon(release).map(drop)),
         Task::Run { once } => demo::run(once),
         Task::Test => cargo::test_all(),
+        Task::Bench(options) => bench::run(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,6 +50,11 @@ const PACKAGES: &[Package] = &[
         why: "DNS client in the lab",
     },
     Package {
+        name: "dnsmasq-base",
+        command: Some("dnsmasq"),
+        why: "DNS server in the lab",
+    },
+    Package {
         name: "iproute2",
         command: Some("ip"),
         why: "namespaces and veths of the lab",

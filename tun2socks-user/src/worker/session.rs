@@ -42,8 +42,12 @@ pub async fn run(shared: Rc<Shared>, key: FlowKey) {
             return;
         }
     };
+    let started = std::time::Instant::now();
     let stream = match shared.upstream.connect(&target).await {
-        Ok(stream) => stream,
+        Ok(stream) => {
+            shared.stack.borrow_mut().stats.connect_latency.observe(started.elapsed());
+            stream
+        }
         Err(error) => {
             debug!(flow = %key, %error, "upstream failed, refusing the connection");
             shared.stack.borrow_mut().refuse(key);

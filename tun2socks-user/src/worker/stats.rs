@@ -1,7 +1,9 @@
 //! Per-worker counters. Each worker owns its own and touches nothing shared;
-//! they are handed to the control thread when the worker ends.
+//! the control thread reads them through snapshot requests (metrics, `tun2socks
+//! stats`) and once more when the worker ends.
 
 use std::fmt;
+use std::time::Duration;
 
 use super::dns::DnsStats;
 use super::udp::UdpStats;
@@ -29,6 +31,9 @@ pub struct WorkerStats {
     pub tun_write_errors: u64,
     pub udp: UdpStats,
     pub dns: DnsStats,
+    /// How long upstream connects took (proxy handshake included), for the
+    /// TCP sessions that connected.
+    pub connect_latency: LatencyHistogram,
 }
 
 impl WorkerStats {
@@ -59,6 +64,47 @@ impl WorkerStats {
         d.sent_over_tcp += o.sent_over_tcp;
         d.failed += o.failed;
         d.dropped += o.dropped;
+        self.connect_latency.add(&other.connect_latency);
+    }
+}
+
+/// Upper bounds of the latency buckets, in microseconds (Prometheus' `le`).
+/// Fixed at compile time so that recording is a short scan over integers:
+/// no allocation, no float, nothing shared.
+pub const LATENCY_BOUNDS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000,
+];
+
+/// A fixed-bucket histogram of durations in plain integers, owned by one
+/// worker. Counts are per bucket (not cumulative); the last slot counts what
+/// exceeds every bound.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    pub buckets: [u64; LATENCY_BOUNDS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&mut self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let slot = LATENCY_BOUNDS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
+        self.buckets[slot] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    pub fn add(&mut self, other: &LatencyHistogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
     }
 }
 
@@ -98,5 +144,24 @@ impl fmt::Display for WorkerStats {
             self.dns.failed,
             self.dns.dropped
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_lands_in_the_first_bucket_that_holds_it() {
+        let mut h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(500)); // on the bound: `le` is inclusive
+        h.observe(Duration::from_micros(501));
+        h.observe(Duration::from_secs(60));
+        assert_eq!((h.buckets[0], h.buckets[1], h.buckets[LATENCY_BOUNDS_US.len()]), (1, 1, 1));
+        assert_eq!((h.count(), h.sum_us), (3, 60_001_001));
+        let mut total = WorkerStats::default();
+        total.add(&WorkerStats { connect_latency: h, ..Default::default() });
+        total.add(&WorkerStats { connect_latency: h, ..Default::default() });
+        assert_eq!(total.connect_latency.count(), 6);
     }
 }

@@ -70,5 +70,9 @@ pub fn run(targets: &[SocketAddr], timeout: Duration) -> Result<ExitCode> {
     let sources: Vec<&str> = seen.iter().flatten().map(|(_, s)| s.as_str()).collect();
     let same = sources.len() == targets.len() && sources.windows(2).all(|w| w[0] == w[1]);
     println!("{}", if same { "same" } else { "different" });
-    Ok(if ok && same { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok && same {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

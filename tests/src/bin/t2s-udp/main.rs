@@ -33,7 +33,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Send every datagram back to where it came from. `[::]:PORT` is dual stack.
+    /// Send every datagram back to where it came from. `[::]:PORT` is dual
+    /// stack, but its replies leave from the address the kernel picks, not
+    /// necessarily the one the request went to: on a host with several
+    /// addresses, listen on each address.
     EchoServer {
         #[arg(long, required = true)]
         listen: Vec<SocketAddr>,

@@ -85,7 +85,10 @@ fn wait_echo(socket: &UdpSocket, to: SocketAddr, deadline: Instant) -> Result<bo
         socket.set_read_timeout(Some(left))?;
         match socket.recv_from(&mut buf) {
             Ok((n, from)) if canonical(from) == canonical(to) && buf[..n] == *expected.as_bytes() => return Ok(true),
-            Ok((n, from)) => eprintln!("port {port}: unexpected {:?} from {from}", String::from_utf8_lossy(&buf[..n])),
+            Ok((n, from)) => eprintln!(
+                "port {port}: unexpected {:?} from {from}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Ok(false),
             Err(e) => return Err(e).with_context(|| format!("receiving on port {port}")),
         }

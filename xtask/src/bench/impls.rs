@@ -1,0 +1,205 @@
+//! The implementations under test, and starting/stopping one in the lab.
+
+use std::path::PathBuf;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use lab::Daemon;
+use lab::process::Process;
+use lab::servers::dante_url;
+use serde::Serialize;
+
+use super::peer;
+use super::testbed::{Routed, Testbed, dante, target, wait_until};
+
+/// What carries the traffic from `app` to `srv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Kind {
+    /// Kernel baseline 1: `proxy` forwards, no SOCKS server in the path.
+    Routed,
+    /// Kernel baseline 2: the client speaks SOCKS5 to dante itself, no TUN.
+    Socks,
+    /// This project, multi-queue TUN mode.
+    Tun2socks { workers: u16 },
+    /// The peer, tun2proxy.
+    Tun2proxy,
+}
+
+/// An implementation in one configuration. Kernel baselines have no TUN,
+/// so no MTU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Variant {
+    #[serde(flatten)]
+    pub kind: Kind,
+    pub mtu: Option<u32>,
+}
+
+impl Variant {
+    pub fn label(&self) -> String {
+        let mtu = self.mtu.map(|m| format!(" mtu{m}")).unwrap_or_default();
+        match self.kind {
+            Kind::Routed => "kernel routed".into(),
+            Kind::Socks => "kernel SOCKS".into(),
+            Kind::Tun2socks { workers } => format!("tun2socks w{workers}{mtu}"),
+            Kind::Tun2proxy => format!("tun2proxy{mtu}"),
+        }
+    }
+
+    /// Whether a user-space process of its own carries the traffic (so
+    /// memory and CPU per GB are its own).
+    pub fn is_tunnel(&self) -> bool {
+        matches!(self.kind, Kind::Tun2socks { .. } | Kind::Tun2proxy)
+    }
+}
+
+/// Every variant of a run, in the order of round 0.
+pub fn variants(workers: &[u16], mtus: &[u32], peer: bool) -> Vec<Variant> {
+    let mut all = vec![
+        Variant {
+            kind: Kind::Routed,
+            mtu: None,
+        },
+        Variant {
+            kind: Kind::Socks,
+            mtu: None,
+        },
+    ];
+    for &mtu in mtus {
+        for &w in workers {
+            all.push(Variant {
+                kind: Kind::Tun2socks { workers: w },
+                mtu: Some(mtu),
+            });
+        }
+        if peer {
+            all.push(Variant {
+                kind: Kind::Tun2proxy,
+                mtu: Some(mtu),
+            });
+        }
+    }
+    all
+}
+
+/// The binaries a run uses.
+pub struct Binaries {
+    pub daemon: PathBuf,
+    pub load: PathBuf,
+    pub peer: Option<PathBuf>,
+}
+
+/// A started implementation; stopped (and its lab changes undone) on drop.
+pub struct Running<'a> {
+    via_socks: bool,
+    what: What<'a>,
+}
+
+enum What<'a> {
+    Kernel(Option<Routed<'a>>),
+    Tun2socks(Daemon<'a>),
+    Peer(Process),
+}
+
+impl<'a> Running<'a> {
+    /// Starts `variant` and waits (bounded) until a connection gets through it.
+    pub fn start(bed: &'a Testbed, bins: &Binaries, variant: &Variant) -> Result<Self> {
+        let what = match variant.kind {
+            Kind::Routed => What::Kernel(Some(bed.routed()?)),
+            Kind::Socks => What::Kernel(None),
+            Kind::Tun2socks { workers } => {
+                let mtu = variant.mtu.context("tun2socks needs an MTU")?.to_string();
+                let args = ["--workers", &workers.to_string(), "--mtu", &mtu];
+                let mut cmd = Daemon::command_with(&bins.daemon, bed.lab(), &dante_url(false), &args);
+                cmd.env("RUST_LOG", "info");
+                What::Tun2socks(Daemon::start_command(bed.lab(), cmd)?)
+            }
+            Kind::Tun2proxy => {
+                let binary = bins.peer.as_ref().context("tun2proxy is not installed")?;
+                let mtu = variant.mtu.context("tun2proxy needs an MTU")?;
+                What::Peer(peer::start(bed, binary, mtu)?)
+            }
+        };
+        let mut running = Running {
+            via_socks: variant.kind == Kind::Socks,
+            what,
+        };
+        running.wait_path(bed, variant)?;
+        Ok(running)
+    }
+
+    /// The load tool's `--to` (and `--socks5`) arguments for this path.
+    pub fn path_args(&self) -> Vec<String> {
+        let mut args = vec!["--to".to_owned(), target().to_string()];
+        if self.via_socks {
+            args.extend(["--socks5".to_owned(), dante().to_string()]);
+        }
+        args
+    }
+
+    /// The implementation's own process, if it has one.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.what {
+            What::Kernel(_) => None,
+            What::Tun2socks(daemon) => Some(daemon.pid()),
+            What::Peer(process) => Some(process.pid()),
+        }
+    }
+
+    /// Fails, with its log, if the implementation's process has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        match &mut self.what {
+            What::Kernel(_) => Ok(()),
+            What::Tun2socks(daemon) => daemon.ensure_running(),
+            What::Peer(process) => process.ensure_running(),
+        }
+    }
+
+    /// One successful connect + echo through the path, retried for a while
+    /// (routes and devices settle).
+    fn wait_path(&mut self, bed: &Testbed, variant: &Variant) -> Result<()> {
+        let mut args = vec!["conn-rate".to_owned(), "--secs".into(), "0.2".into()];
+        args.extend(self.path_args());
+        let mut last_error = None;
+        wait_until(
+            &format!("a connection through {}", variant.label()),
+            Duration::from_secs(20),
+            || {
+                self.ensure_running()?;
+                match bed.run_load("conn", &args, Duration::from_secs(15)) {
+                    Ok(_) => Ok(true),
+                    Err(e) => {
+                        last_error = Some(e);
+                        Ok(false)
+                    }
+                }
+            },
+        )
+        .with_context(|| format!("last attempt: {last_error:?}"))
+    }
+
+    /// Stops the implementation: SIGTERM, and a second one if it is still
+    /// draining after a few seconds; fails if it had crashed.
+    pub fn stop(mut self) -> Result<()> {
+        self.ensure_running()?;
+        match self.what {
+            What::Kernel(routed) => drop(routed),
+            What::Tun2socks(mut daemon) => {
+                // SAFETY: kill(2) on our own, not yet reaped child.
+                unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < deadline && daemon.ensure_running().is_ok() {
+                    sleep(Duration::from_millis(20));
+                }
+                if daemon.ensure_running().is_ok() {
+                    daemon.stop()?;
+                }
+            }
+            What::Peer(mut process) => {
+                process.terminate(Duration::from_secs(5))?;
+            }
+        }
+        Ok(())
+    }
+}
