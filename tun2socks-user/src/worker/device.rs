@@ -35,14 +35,10 @@ pub fn capabilities(mtu: usize) -> DeviceCapabilities {
     caps
 }
 
-/// A device that yields exactly one received packet.
+/// A device that yields at most one received packet: the one the worker
+/// has just classified (`None` for egress only).
 pub struct OnePacket<'a> {
     pub packet: Option<&'a mut [u8]>,
-    pub tx: TxPath<'a>,
-}
-
-/// A device that only transmits (for `poll_egress`).
-pub struct EgressOnly<'a> {
     pub tx: TxPath<'a>,
 }
 
@@ -87,29 +83,6 @@ impl phy::Device for OnePacket<'_> {
     fn receive(&mut self, _: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let packet = self.packet.take()?;
         Some((RxToken(packet), TxToken(self.tx.reborrow())))
-    }
-
-    fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
-        Some(TxToken(self.tx.reborrow()))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        capabilities(self.tx.buf.len())
-    }
-}
-
-impl phy::Device for EgressOnly<'_> {
-    type RxToken<'b>
-        = RxToken<'b>
-    where
-        Self: 'b;
-    type TxToken<'b>
-        = TxToken<'b>
-    where
-        Self: 'b;
-
-    fn receive(&mut self, _: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        None
     }
 
     fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {

@@ -16,7 +16,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, Ipv4Address, Ipv6Address};
 
-use super::device::{EgressOnly, OnePacket, TxPath};
+use super::device::{OnePacket, TxPath};
 use super::stats::WorkerStats;
 use crate::device::tun::TunQueue;
 use crate::packet::{Classified, FlowKey, classify};
@@ -84,7 +84,8 @@ impl Stack {
         let epoch = std::time::Instant::now();
         let mut iface_config = Config::new(HardwareAddress::Ip);
         iface_config.random_seed = seed;
-        let mut device = EgressOnly {
+        let mut device = OnePacket {
+            packet: None,
             tx: TxPath {
                 tun: &tun,
                 buf: &mut tx_buf,
@@ -286,7 +287,8 @@ impl Stack {
     /// Sends what the sockets have to send, then frees finished sockets.
     pub fn egress(&mut self) {
         let now = self.now();
-        let mut device = EgressOnly {
+        let mut device = OnePacket {
+            packet: None,
             tx: TxPath {
                 tun: &self.tun,
                 buf: &mut self.tx_buf,
