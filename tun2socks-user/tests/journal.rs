@@ -6,19 +6,19 @@
 //! only [`crash_child`]) applies the plan with a journal and is killed
 //! with SIGKILL; it inherits the namespace of the thread that spawns it.
 
-use std::future::Future;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use tun2socks::device::tun::open_queues;
 use tun2socks::journal::{self, Journal, JournalError, JournalRecord};
 use tun2socks::setup::{self, Change, ExistingDevice, Recorder, RouteKind, RouteSpec, RuleSpec, SetupPlan};
+
+mod common;
+use common::*;
 
 const TUN: &str = "t2sjrn0";
 const MARK: u32 = 0x2d;
@@ -30,73 +30,6 @@ const ALL_CHANGES: usize = 16;
 
 // ---------------------------------------------------------------------------
 // Scenery (the same approach as tests/setup.rs)
-
-/// Runs `body` on a new thread in a new, empty network namespace, on a
-/// current-thread tokio runtime. Panics in `body` fail the test.
-fn in_private_netns<F, Fut>(body: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
-    let thread = std::thread::spawn(move || {
-        // SAFETY: plain syscall; affects only this thread.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET) failed: {}", io::Error::last_os_error());
-        assert_ne!(
-            netns_inode("/proc/thread-self/ns/net"),
-            netns_inode("/proc/self/ns/net"),
-            "refusing to run outside a private network namespace"
-        );
-        ip("link set lo up");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(body());
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-fn netns_inode(path: &str) -> u64 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {path}: {e}"))
-        .ino()
-}
-
-/// Runs `ip ARGS` (whitespace-separated) and returns its stdout; panics on failure.
-fn ip(args: &str) -> String {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The state setup may touch, as `ip` shows it.
-fn snapshot() -> String {
-    [
-        "-d link",
-        "addr",
-        "route show table all",
-        "-6 route show table all",
-        "rule",
-        "-6 rule",
-    ]
-    .iter()
-    .map(|args| format!("## ip {args}\n{}", ip(args)))
-    .collect()
-}
 
 /// [`snapshot`] once it stopped changing: a device that just went up gets
 /// its IPv6 link-local address and routes from kernel work queues.
@@ -113,43 +46,6 @@ fn settled_snapshot() -> String {
     panic!("state still changing after 3s:\n{last}");
 }
 
-/// Asserts two snapshots are equal, showing only the lines that differ.
-#[track_caller]
-fn assert_same(before: &str, after: &str) {
-    if before != after {
-        let gone: Vec<&str> = before.lines().filter(|l| !after.lines().any(|a| a == *l)).collect();
-        let new: Vec<&str> = after.lines().filter(|l| !before.lines().any(|b| b == *l)).collect();
-        panic!(
-            "state differs\nonly before:\n{}\nonly after:\n{}\nafter:\n{after}",
-            gone.join("\n"),
-            new.join("\n")
-        );
-    }
-}
-
-/// A LAN-like link with the main table's routes (see tests/setup.rs).
-fn lan() {
-    ip("link add lan0 type veth peer name lan0p");
-    ip("link set lan0 addrgenmode none");
-    ip("link set lan0p addrgenmode none");
-    ip("link set lan0 up");
-    ip("link set lan0p up");
-    ip("addr add 192.168.50.1/24 dev lan0");
-    ip("-6 addr add fd00:50::1/64 dev lan0 nodad");
-    for end in ["lan0", "lan0p"] {
-        eventually(&format!("carrier on {end}"), || {
-            ip(&format!("-br link show {end}")).split_whitespace().nth(1) == Some("UP")
-        });
-    }
-    eventually("the local route of fd00:50::1", || {
-        ip("-6 route show table local").contains("local fd00:50::1 ")
-    });
-    ip("route add default via 192.168.50.254");
-    ip("-6 route add default via fd00:50::254");
-    ip("route add 10.20.0.0/24 via 192.168.50.254");
-    ip("-6 route add fd00:20::/48 via fd00:50::254");
-}
-
 /// A persistent multi-queue TUN made by iproute2, as an admin would, with
 /// the one-time effects of its first "up" done (see tests/setup.rs; the
 /// switch to `addrgenmode random` waits for a carrier, i.e. an open queue).
@@ -159,34 +55,6 @@ fn adopted_tun() {
     ip(&format!("link set {TUN} up"));
     ip(&format!("link set {TUN} down"));
     drop(queue);
-}
-
-/// Polls `done` for up to 3 s: some state follows a change asynchronously.
-#[track_caller]
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("still waiting after 3s for {what}");
-}
-
-/// A non-persistent TUN vanishes with its last queue, but the close can be
-/// late (an `ip` child of a parallel test may hold copies until it execs).
-async fn wait_until_absent(device: &str) {
-    for _ in 0..300 {
-        if setup::inspect_device(device).await.unwrap() == ExistingDevice::Absent {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{device} still exists 3s after its queues were closed");
-}
-
-fn nets(list: &[&str]) -> Vec<IpNet> {
-    list.iter().map(|s| s.parse().unwrap()).collect()
 }
 
 fn full_plan() -> SetupPlan {
