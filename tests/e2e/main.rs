@@ -13,6 +13,7 @@ mod curl; // 1. curl via dante and microsocks, IPv4 and IPv6
 mod dns; // issue 3: 3. dig in udp and over-tcp modes, 4. fake-ip by name
 mod errors; // one-line errors for bad configurations
 mod lab_check; // the lab alone, without the daemon
+mod ops; // issue 7: metrics, stats, --no-setup, single-queue device, http and direct upstreams, unit capabilities
 mod refusal; // 4. refused destinations are refused fast
 mod route_loop; // 7. a routed prefix containing the proxy
 mod teardown; // 6. the namespace is as before after SIGTERM/SIGINT

@@ -249,10 +249,9 @@ pub fn long_version() -> &'static str {
 
 /// `sha256:` and the first 12 hex digits of the SHA-256 of the embedded eBPF object.
 pub fn ebpf_build_id() -> String {
-    // The same file `steering` embeds; hashed at start-up (microseconds)
-    // rather than in build.rs so that the id is of the bytes really linked in.
-    const OBJECT: &[u8] = include_bytes!(env!("TUN2SOCKS_EBPF_OBJ"));
-    let digest = Sha256::digest(OBJECT);
+    // Hashed at start-up (microseconds) rather than in build.rs so that the
+    // id is of the bytes really linked in.
+    let digest = Sha256::digest(crate::steering::OBJECT);
     let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }

@@ -242,7 +242,8 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         if name == "proxy" {
             // Checked here, without clap, whose message would quote the URL.
             let url = single.as_deref().unwrap_or_default();
-            url.parse::<ProxyUrl>().map_err(|e| at(format!("invalid proxy URL: {e}")))?;
+            url.parse::<ProxyUrl>()
+                .map_err(|e| at(format!("invalid proxy URL: {e}")))?;
         } else {
             check_with_clap(&args).map_err(at)?;
         }
@@ -307,7 +308,11 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// The merge itself, with the file and the environment given (for tests).
-pub fn merge(matches: &ArgMatches, file: Option<&ConfigFile>, env_proxy: Option<&str>) -> Result<Resolved, ConfigError> {
+pub fn merge(
+    matches: &ArgMatches,
+    file: Option<&ConfigFile>,
+    env_proxy: Option<&str>,
+) -> Result<Resolved, ConfigError> {
     let command = cli::command();
     let mut argv: Vec<OsString> = vec!["tun2socks".into()];
     let mut sources = BTreeMap::new();
@@ -398,7 +403,10 @@ fn proxy(
         return Ok((url, Source::Environment));
     }
     if let Some(file) = file {
-        if let Some(Entry { line, value: Some(url), .. }) = file.entries.get("proxy") {
+        if let Some(Entry {
+            line, value: Some(url), ..
+        }) = file.entries.get("proxy")
+        {
             return Ok((url.clone(), Source::File { line: *line }));
         }
         if let Some(Entry { value: Some(path), .. }) = file.entries.get("proxy-file") {
@@ -419,10 +427,12 @@ fn read_proxy_file(path: &Path) -> Result<(String, Source), ConfigError> {
 }
 
 fn validate_proxy(url: &str, origin: &str) -> Result<(), ConfigError> {
-    url.parse::<ProxyUrl>().map(drop).map_err(|reason| ConfigError::BadProxy {
-        origin: origin.to_owned(),
-        reason,
-    })
+    url.parse::<ProxyUrl>()
+        .map(drop)
+        .map_err(|reason| ConfigError::BadProxy {
+            origin: origin.to_owned(),
+            reason,
+        })
 }
 
 fn readable_by_others(path: &Path) -> bool {
@@ -490,7 +500,8 @@ impl Resolved {
 
 /// A value as TOML: numbers bare, everything else a quoted string.
 fn toml_scalar(value: &str) -> String {
-    let number = value.parse::<i64>().is_ok() || (value.parse::<f64>().is_ok_and(f64::is_finite) && value.contains('.'));
+    let number =
+        value.parse::<i64>().is_ok() || (value.parse::<f64>().is_ok_and(f64::is_finite) && value.contains('.'));
     if number && !value.starts_with('+') {
         value.to_owned()
     } else {
@@ -539,7 +550,12 @@ connect-timeout = 2.5
     #[test]
     fn the_file_fills_in_and_flags_override() {
         let f = file(FILE).unwrap();
-        let r = merge(&matches(&["--mtu", "1400", "--route", "192.168.0.0/16"]), Some(&f), None).unwrap();
+        let r = merge(
+            &matches(&["--mtu", "1400", "--route", "192.168.0.0/16"]),
+            Some(&f),
+            None,
+        )
+        .unwrap();
         assert_eq!(r.cli.mtu, 1400);
         assert_eq!(r.cli.routes, vec!["192.168.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
         assert_eq!(r.cli.fwmark, 0x100);
@@ -559,9 +575,15 @@ connect-timeout = 2.5
         let f = file(FILE).unwrap();
         let env = Some("http://10.9.9.9:3128");
         let r = merge(&matches(&["--proxy", "direct://"]), Some(&f), env).unwrap();
-        assert_eq!((r.cli.proxy.kind.scheme(), &r.sources["proxy"]), ("direct", &Source::CommandLine));
+        assert_eq!(
+            (r.cli.proxy.kind.scheme(), &r.sources["proxy"]),
+            ("direct", &Source::CommandLine)
+        );
         let r = merge(&matches(&[]), Some(&f), env).unwrap();
-        assert_eq!((r.cli.proxy.host.as_str(), &r.sources["proxy"]), ("10.9.9.9", &Source::Environment));
+        assert_eq!(
+            (r.cli.proxy.host.as_str(), &r.sources["proxy"]),
+            ("10.9.9.9", &Source::Environment)
+        );
         let r = merge(&matches(&[]), Some(&f), None).unwrap();
         assert_eq!(r.sources["proxy"], Source::File { line: 2 });
         assert!(matches!(merge(&matches(&[]), None, None), Err(ConfigError::NoProxy)));
@@ -570,7 +592,11 @@ connect-timeout = 2.5
     #[test]
     fn a_password_in_argv_is_warned_about() {
         let r = merge(&matches(&["--proxy", "socks5://u:p@10.0.1.2:1080"]), None, None).unwrap();
-        assert!(r.warnings.iter().any(|w| w.contains("command line")), "{:?}", r.warnings);
+        assert!(
+            r.warnings.iter().any(|w| w.contains("command line")),
+            "{:?}",
+            r.warnings
+        );
         let r = merge(&matches(&[]), None, Some("socks5://u:p@10.0.1.2:1080")).unwrap();
         assert!(r.warnings.is_empty());
     }
@@ -578,7 +604,10 @@ connect-timeout = 2.5
     #[test]
     fn unknown_keys_name_key_and_line() {
         let e = file("mtu = 1500\n\nmtuu = 1400\n").unwrap_err();
-        assert!(matches!(&e, ConfigError::UnknownKey { line: 3, key, .. } if key == "mtuu"), "{e}");
+        assert!(
+            matches!(&e, ConfigError::UnknownKey { line: 3, key, .. } if key == "mtuu"),
+            "{e}"
+        );
         assert!(e.to_string().starts_with("t.toml:3: unknown key `mtuu`"), "{e}");
         let e = file("[section]\nmtu = 1500\n").unwrap_err();
         assert!(e.to_string().contains("t.toml:1: unknown key `section`"), "{e}");
@@ -608,7 +637,10 @@ connect-timeout = 2.5
             assert!(!e.to_string().contains("secret"), "{e}");
         }
         let e = file("mtu = \n").unwrap_err();
-        assert!(matches!(&e, ConfigError::Syntax { message, .. } if message.starts_with("line 1")), "{e}");
+        assert!(
+            matches!(&e, ConfigError::Syntax { message, .. } if message.starts_with("line 1")),
+            "{e}"
+        );
         let e = file("mtu = 1500\nmtu = 1400\n").unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
     }
@@ -628,7 +660,10 @@ connect-timeout = 2.5
         // Every key is listed, and the output is a valid config itself
         // once the masked password is replaced.
         for key in keys().iter().filter(|k| *k != "proxy-file") {
-            assert!(text.contains(&format!("{key} =")) || text.contains(&format!("# {key}: not set")), "{key}");
+            assert!(
+                text.contains(&format!("{key} =")) || text.contains(&format!("# {key}: not set")),
+                "{key}"
+            );
         }
         let again = file(&text.replace("alice:***@", "")).unwrap();
         let r2 = merge(&matches(&[]), Some(&again), None).unwrap();

@@ -24,7 +24,7 @@ const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
 const PROGRAM: &str = "steer";
 
 /// The eBPF object, built from source by build.rs on every build.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TUN2SOCKS_EBPF_OBJ"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TUN2SOCKS_EBPF_OBJ"));
 
 /// The flow hash the `steer` program computes for `packet` (starting at its
 /// IP header); `None` when it is not an IPv4/IPv6 packet.

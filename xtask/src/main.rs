@@ -36,7 +36,7 @@ enum Task {
     Test,
     /// Measure tun2socks against the kernel and a peer (tun2proxy) in a
     /// namespace lab; JSON, table and SVG plots into target/bench/<time>/.
-    Bench(bench::Options),
+    Bench(Box<bench::Options>),
 }
 
 fn main() -> ExitCode {
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Task::Build { release } => prereqs::ensure().and_then(|()| cargo::build_daemon(release).map(drop)),
         Task::Run { once } => demo::run(once),
         Task::Test => cargo::test_all(),
-        Task::Bench(options) => bench::run(options),
+        Task::Bench(options) => bench::run(*options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

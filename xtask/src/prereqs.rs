@@ -64,6 +64,16 @@ const PACKAGES: &[Package] = &[
         command: Some("python3"),
         why: "HTTP server in the lab",
     },
+    Package {
+        name: "tinyproxy",
+        command: Some("tinyproxy"),
+        why: "HTTP CONNECT proxy in the lab (tests/e2e/ops.rs)",
+    },
+    Package {
+        name: "systemd",
+        command: Some("systemd-analyze"),
+        why: "`systemd-analyze verify` of the unit files (tun2socks-user/tests/cli_docs.rs)",
+    },
 ];
 
 const BPF_LINKER: &str = "bpf-linker@0.13.0";

@@ -65,10 +65,18 @@ pub const SERIES: &[Series] = &[
         label: None,
         get: |s| s.udp_sessions as u64,
     },
-    counter("packets_in", "packets", PACKETS, Some(("direction", "in")), |s| s.stats.packets_in),
-    counter("packets_out", "packets", PACKETS, Some(("direction", "out")), |s| s.stats.packets_out),
-    counter("bytes_in", "bytes", BYTES, Some(("direction", "in")), |s| s.stats.bytes_in),
-    counter("bytes_out", "bytes", BYTES, Some(("direction", "out")), |s| s.stats.bytes_out),
+    counter("packets_in", "packets", PACKETS, Some(("direction", "in")), |s| {
+        s.stats.packets_in
+    }),
+    counter("packets_out", "packets", PACKETS, Some(("direction", "out")), |s| {
+        s.stats.packets_out
+    }),
+    counter("bytes_in", "bytes", BYTES, Some(("direction", "in")), |s| {
+        s.stats.bytes_in
+    }),
+    counter("bytes_out", "bytes", BYTES, Some(("direction", "out")), |s| {
+        s.stats.bytes_out
+    }),
     counter(
         "flows_accepted",
         "tcp_sessions_accepted",
@@ -76,33 +84,71 @@ pub const SERIES: &[Series] = &[
         None,
         |s| s.stats.flows_accepted,
     ),
-    counter("flows_refused", "tcp_sessions_refused", REFUSED, Some(("reason", "upstream")), |s| {
-        s.stats.flows_refused
+    counter(
+        "flows_refused",
+        "tcp_sessions_refused",
+        REFUSED,
+        Some(("reason", "upstream")),
+        |s| s.stats.flows_refused,
+    ),
+    counter(
+        "tcp_over_limit",
+        "tcp_sessions_refused",
+        REFUSED,
+        Some(("reason", "session_limit")),
+        |s| s.stats.tcp_over_limit,
+    ),
+    counter(
+        "syn_over_budget",
+        "drops",
+        DROPS,
+        Some(("reason", "half_open_limit")),
+        |s| s.stats.syn_over_budget,
+    ),
+    counter(
+        "no_session_packets",
+        "drops",
+        DROPS,
+        Some(("reason", "no_session")),
+        |s| s.stats.no_session_packets,
+    ),
+    counter(
+        "dropped_malformed",
+        "drops",
+        DROPS,
+        Some(("reason", "malformed")),
+        |s| s.stats.dropped_malformed,
+    ),
+    counter(
+        "dropped_unsupported",
+        "drops",
+        DROPS,
+        Some(("reason", "unsupported")),
+        |s| s.stats.dropped_unsupported,
+    ),
+    counter(
+        "tun_write_errors",
+        "drops",
+        DROPS,
+        Some(("reason", "tun_write_error")),
+        |s| s.stats.tun_write_errors,
+    ),
+    counter("udp_dropped_out", "drops", DROPS, Some(("reason", "udp_out")), |s| {
+        s.stats.udp.dropped_out
     }),
-    counter("tcp_over_limit", "tcp_sessions_refused", REFUSED, Some(("reason", "session_limit")), |s| {
-        s.stats.tcp_over_limit
+    counter("udp_dropped_in", "drops", DROPS, Some(("reason", "udp_in")), |s| {
+        s.stats.udp.dropped_in
     }),
-    counter("syn_over_budget", "drops", DROPS, Some(("reason", "half_open_limit")), |s| {
-        s.stats.syn_over_budget
+    counter(
+        "udp_fragments_dropped",
+        "drops",
+        DROPS,
+        Some(("reason", "udp_fragment")),
+        |s| s.stats.udp.fragments_dropped,
+    ),
+    counter("dns_dropped", "drops", DROPS, Some(("reason", "dns")), |s| {
+        s.stats.dns.dropped
     }),
-    counter("no_session_packets", "drops", DROPS, Some(("reason", "no_session")), |s| {
-        s.stats.no_session_packets
-    }),
-    counter("dropped_malformed", "drops", DROPS, Some(("reason", "malformed")), |s| {
-        s.stats.dropped_malformed
-    }),
-    counter("dropped_unsupported", "drops", DROPS, Some(("reason", "unsupported")), |s| {
-        s.stats.dropped_unsupported
-    }),
-    counter("tun_write_errors", "drops", DROPS, Some(("reason", "tun_write_error")), |s| {
-        s.stats.tun_write_errors
-    }),
-    counter("udp_dropped_out", "drops", DROPS, Some(("reason", "udp_out")), |s| s.stats.udp.dropped_out),
-    counter("udp_dropped_in", "drops", DROPS, Some(("reason", "udp_in")), |s| s.stats.udp.dropped_in),
-    counter("udp_fragments_dropped", "drops", DROPS, Some(("reason", "udp_fragment")), |s| {
-        s.stats.udp.fragments_dropped
-    }),
-    counter("dns_dropped", "drops", DROPS, Some(("reason", "dns")), |s| s.stats.dns.dropped),
     counter(
         "udp_sessions_opened",
         "udp_sessions_opened",
@@ -124,19 +170,37 @@ pub const SERIES: &[Series] = &[
         None,
         |s| s.stats.udp.sessions_failed,
     ),
-    counter("udp_datagrams_out", "udp_datagrams", DATAGRAMS, Some(("direction", "out")), |s| {
-        s.stats.udp.datagrams_out
+    counter(
+        "udp_datagrams_out",
+        "udp_datagrams",
+        DATAGRAMS,
+        Some(("direction", "out")),
+        |s| s.stats.udp.datagrams_out,
+    ),
+    counter(
+        "udp_datagrams_in",
+        "udp_datagrams",
+        DATAGRAMS,
+        Some(("direction", "in")),
+        |s| s.stats.udp.datagrams_in,
+    ),
+    counter(
+        "dns_answered_locally",
+        "dns_queries",
+        DNS,
+        Some(("outcome", "answered_locally")),
+        |s| s.stats.dns.answered_locally,
+    ),
+    counter(
+        "dns_sent_over_tcp",
+        "dns_queries",
+        DNS,
+        Some(("outcome", "over_tcp")),
+        |s| s.stats.dns.sent_over_tcp,
+    ),
+    counter("dns_failed", "dns_queries", DNS, Some(("outcome", "failed")), |s| {
+        s.stats.dns.failed
     }),
-    counter("udp_datagrams_in", "udp_datagrams", DATAGRAMS, Some(("direction", "in")), |s| {
-        s.stats.udp.datagrams_in
-    }),
-    counter("dns_answered_locally", "dns_queries", DNS, Some(("outcome", "answered_locally")), |s| {
-        s.stats.dns.answered_locally
-    }),
-    counter("dns_sent_over_tcp", "dns_queries", DNS, Some(("outcome", "over_tcp")), |s| {
-        s.stats.dns.sent_over_tcp
-    }),
-    counter("dns_failed", "dns_queries", DNS, Some(("outcome", "failed")), |s| s.stats.dns.failed),
 ];
 
 /// The families in order, each with its series.
@@ -161,8 +225,15 @@ mod tests {
     #[test]
     fn every_logged_counter_is_exported() {
         let line = WorkerStats::default().to_string();
-        for key in line.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, _)| k) {
-            assert!(SERIES.iter().any(|s| s.key == key), "{key} is not in metrics::catalog::SERIES");
+        for key in line
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, _)| k)
+        {
+            assert!(
+                SERIES.iter().any(|s| s.key == key),
+                "{key} is not in metrics::catalog::SERIES"
+            );
         }
     }
 

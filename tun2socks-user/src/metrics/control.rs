@@ -118,7 +118,10 @@ async fn exchange(stream: UnixStream, workers: &Workers) {
             let report = workers.report().await;
             serde_json::to_string(&report).expect("a report serializes")
         }
-        other => format!("{{\"error\":{}}}", serde_json::Value::from(format!("unknown request {other:?}"))),
+        other => format!(
+            "{{\"error\":{}}}",
+            serde_json::Value::from(format!("unknown request {other:?}"))
+        ),
     };
     let _ = write.write_all(answer.as_bytes()).await;
     let _ = write.write_all(b"\n").await;

@@ -180,6 +180,9 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
-        assert!(!text.contains("worker=\"1\",direction"), "a silent worker has no series:\n{text}");
+        assert!(
+            !text.contains("worker=\"1\",direction"),
+            "a silent worker has no series:\n{text}"
+        );
     }
 }

@@ -37,7 +37,10 @@ pub async fn serve(listener: TcpListener, workers: Workers) {
         };
         let workers = workers.clone();
         tokio::spawn(async move {
-            if tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &workers)).await.is_err() {
+            if tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &workers))
+                .await
+                .is_err()
+            {
                 debug!(%peer, "metrics request timed out");
             }
             drop(slot);
@@ -131,8 +134,14 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Metrics { head_only: false });
-        assert_eq!(route("HEAD /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics { head_only: true });
+        assert_eq!(
+            route("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            route("HEAD /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Route::Metrics { head_only: true }
+        );
         assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::Index);
         assert_eq!(route("GET /other HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route("POST /metrics HTTP/1.1\r\n\r\n"), Route::BadMethod);

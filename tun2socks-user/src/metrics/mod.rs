@@ -111,8 +111,8 @@ impl Endpoints {
     pub fn bind(cli: &Cli) -> anyhow::Result<Endpoints> {
         let metrics = match cli.metrics {
             Some(addr) => {
-                let listener =
-                    std::net::TcpListener::bind(addr).with_context(|| format!("binding the metrics endpoint --metrics {addr}"))?;
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("binding the metrics endpoint --metrics {addr}"))?;
                 listener.set_nonblocking(true)?;
                 Some((listener.local_addr()?, listener))
             }

@@ -120,7 +120,10 @@ impl Report {
 
     /// Whether `key` is a counter (rates make sense) rather than a gauge.
     pub fn is_counter(key: &str) -> bool {
-        SERIES.iter().find(|s| s.key == key).is_none_or(|s| s.kind == Kind::Counter)
+        SERIES
+            .iter()
+            .find(|s| s.key == key)
+            .is_none_or(|s| s.kind == Kind::Counter)
     }
 }
 

@@ -67,7 +67,9 @@ pub fn find_socket(dir: &Path, netns: Option<&str>, device: Option<&str>) -> any
     let prefix = format!("{inode}-");
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("no tun2socks is running ({} does not exist)", dir.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            bail!("no tun2socks is running ({} does not exist)", dir.display())
+        }
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             bail!("cannot read {}: permission denied (run as root)", dir.display())
         }
@@ -83,10 +85,17 @@ pub fn find_socket(dir: &Path, netns: Option<&str>, device: Option<&str>) -> any
         .filter(|(dev, _)| device.is_none_or(|want| want == dev))
         .collect();
     found.sort();
+    if found.len() > 1 {
+        // Sockets left by killed instances refuse connections: skip them.
+        found.retain(|(_, path)| UnixStream::connect(path).is_ok());
+    }
     match found.len() {
         0 => match device {
             Some(dev) => bail!("no tun2socks with device {dev} is running in {where_}"),
-            None => bail!("no tun2socks is running in {where_} (no {}/{prefix}*.sock)", dir.display()),
+            None => bail!(
+                "no tun2socks is running in {where_} (no {}/{prefix}*.sock)",
+                dir.display()
+            ),
         },
         1 => Ok(found.remove(0).1),
         _ => {
@@ -136,7 +145,9 @@ pub fn table(report: &Report, previous: Option<&Report>) -> String {
         duration(report.uptime_secs),
         report.workers.len()
     );
-    let elapsed = previous.map(|p| report.uptime_secs - p.uptime_secs).filter(|e| *e > 0.0);
+    let elapsed = previous
+        .map(|p| report.uptime_secs - p.uptime_secs)
+        .filter(|e| *e > 0.0);
     let mut header = format!("{:<24}", "");
     for w in &report.workers {
         let name = if w.answered {
@@ -250,13 +261,17 @@ mod tests {
         let inode = control::current_netns_inode().unwrap();
         let err = find_socket(&dir, None, None).unwrap_err().to_string();
         assert!(err.contains("no tun2socks is running"), "{err}");
-        fs::write(dir.join(format!("{inode}-a0.sock")), "").unwrap();
-        assert_eq!(find_socket(&dir, None, None).unwrap(), dir.join(format!("{inode}-a0.sock")));
-        fs::write(dir.join(format!("{inode}-b0.sock")), "").unwrap();
+        let socket = |name: &str| dir.join(format!("{inode}-{name}.sock"));
+        let _a = std::os::unix::net::UnixListener::bind(socket("a0")).unwrap();
+        assert_eq!(find_socket(&dir, None, None).unwrap(), socket("a0"));
+        let b = std::os::unix::net::UnixListener::bind(socket("b0")).unwrap();
         fs::write(dir.join(format!("{}-c0.sock", inode + 1)), "").unwrap();
         let err = find_socket(&dir, None, None).unwrap_err().to_string();
         assert!(err.contains("tun://a0, tun://b0"), "{err}");
-        assert!(find_socket(&dir, None, Some("b0")).is_ok());
+        assert_eq!(find_socket(&dir, None, Some("b0")).unwrap(), socket("b0"));
+        // Nobody listens on a stale socket: it does not count when there is a choice.
+        drop(b);
+        assert_eq!(find_socket(&dir, None, None).unwrap(), socket("a0"));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -45,7 +45,12 @@ pub async fn run(shared: Rc<Shared>, key: FlowKey) {
     let started = std::time::Instant::now();
     let stream = match shared.upstream.connect(&target).await {
         Ok(stream) => {
-            shared.stack.borrow_mut().stats.connect_latency.observe(started.elapsed());
+            shared
+                .stack
+                .borrow_mut()
+                .stats
+                .connect_latency
+                .observe(started.elapsed());
             stream
         }
         Err(error) => {

@@ -157,11 +157,20 @@ mod tests {
         h.observe(Duration::from_micros(500)); // on the bound: `le` is inclusive
         h.observe(Duration::from_micros(501));
         h.observe(Duration::from_secs(60));
-        assert_eq!((h.buckets[0], h.buckets[1], h.buckets[LATENCY_BOUNDS_US.len()]), (1, 1, 1));
+        assert_eq!(
+            (h.buckets[0], h.buckets[1], h.buckets[LATENCY_BOUNDS_US.len()]),
+            (1, 1, 1)
+        );
         assert_eq!((h.count(), h.sum_us), (3, 60_001_001));
         let mut total = WorkerStats::default();
-        total.add(&WorkerStats { connect_latency: h, ..Default::default() });
-        total.add(&WorkerStats { connect_latency: h, ..Default::default() });
+        total.add(&WorkerStats {
+            connect_latency: h,
+            ..Default::default()
+        });
+        total.add(&WorkerStats {
+            connect_latency: h,
+            ..Default::default()
+        });
         assert_eq!(total.connect_latency.count(), 6);
     }
 }

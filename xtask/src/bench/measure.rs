@@ -26,7 +26,14 @@ pub struct Settings {
 }
 
 /// Everything for `variant` in `round`, into `out`.
-pub fn variant(bed: &Testbed, bins: &Binaries, s: &Settings, variant: &Variant, round: usize, out: &mut Results) -> Result<()> {
+pub fn variant(
+    bed: &Testbed,
+    bins: &Binaries,
+    s: &Settings,
+    variant: &Variant,
+    round: usize,
+    out: &mut Results,
+) -> Result<()> {
     let mut m = Measurer {
         bed,
         s,
@@ -84,7 +91,12 @@ impl Measurer<'_> {
 
     /// One measurement: its failure is recorded (with the implementation's
     /// state), and the next one runs.
-    fn step(&mut self, run: &mut Running, what: &str, f: impl FnOnce(&mut Self, &mut Running) -> Result<()>) -> Result<()> {
+    fn step(
+        &mut self,
+        run: &mut Running,
+        what: &str,
+        f: impl FnOnce(&mut Self, &mut Running) -> Result<()>,
+    ) -> Result<()> {
         println!("  {what}");
         match f(self, run).and_then(|()| run.ensure_running()) {
             Ok(()) => Ok(()),
@@ -135,14 +147,22 @@ impl Measurer<'_> {
         let secs = self.s.secs;
         let mut args = strings(&["--secs", &secs.to_string()]);
         if loaded {
-            args.extend(strings(&["--load-streams", "8", "--load-warmup", &self.s.warmup.to_string()]));
+            args.extend(strings(&[
+                "--load-streams",
+                "8",
+                "--load-warmup",
+                &self.s.warmup.to_string(),
+            ]));
         }
         let f = self.load(run, "udp", "udp-rtt", &args, secs + self.s.warmup + 40.0)?;
         let (p50, p99) = (field(&f, "p50_us")?, field(&f, "p99_us")?);
         if loaded {
             self.add(Metric::UdpLoadedP50, p50);
             self.add(Metric::UdpLoadedP99, p99);
-            self.add(Metric::UdpLoadedLoss, 100.0 * field(&f, "lost")? / field(&f, "sent")?.max(1.0));
+            self.add(
+                Metric::UdpLoadedLoss,
+                100.0 * field(&f, "lost")? / field(&f, "sent")?.max(1.0),
+            );
             self.add(Metric::UdpLoadGbit, field(&f, "load_gbit_s")?);
         } else {
             self.add(Metric::UdpIdleP50, p50);
@@ -175,7 +195,16 @@ impl Measurer<'_> {
         let own_before = pid.map(|p| proc_cpu_seconds(p, false)).transpose()?;
         let dante_before = self.bed.proxy_cpu_seconds()?;
         for dir in ["down", "up"] {
-            let args = strings(&["--streams", "1", "--dir", dir, "--bytes", &bytes.to_string(), "--timeout", "240"]);
+            let args = strings(&[
+                "--streams",
+                "1",
+                "--dir",
+                dir,
+                "--bytes",
+                &bytes.to_string(),
+                "--timeout",
+                "240",
+            ]);
             self.load(run, "tcp", "tcp", &args, 260.0)?;
         }
         let gb = 2.0 * bytes as f64 / 1e9;
@@ -200,19 +229,32 @@ impl Measurer<'_> {
         let before = proc_rss_bytes(pid)?;
         let mut args = vec!["hold".to_owned()];
         args.extend(run.path_args());
-        args.extend(strings(&["--count", &n.to_string(), "--open-timeout", "120", "--hold-secs", "600"]));
+        args.extend(strings(&[
+            "--count",
+            &n.to_string(),
+            "--open-timeout",
+            "120",
+            "--hold-secs",
+            "600",
+        ]));
         let mut tool = self.bed.spawn_load(&args)?;
         let mut holding = None;
-        wait_until("the load tool to hold its connections", Duration::from_secs(150), || {
-            tool.ensure_running()?;
-            holding = result_line(&tool.log(), "holding");
-            Ok(holding.is_some())
-        })?;
+        wait_until(
+            "the load tool to hold its connections",
+            Duration::from_secs(150),
+            || {
+                tool.ensure_running()?;
+                holding = result_line(&tool.log(), "holding");
+                Ok(holding.is_some())
+            },
+        )?;
         let opened = field(&holding.unwrap_or_default(), "n")? as usize;
         ensure!(opened == n, "only {opened} of {n} connections opened:\n{}", tool.log());
-        wait_until("the load server to see every connection", Duration::from_secs(60), || {
-            Ok(self.bed.established()? >= n)
-        })?;
+        wait_until(
+            "the load server to see every connection",
+            Duration::from_secs(60),
+            || Ok(self.bed.established()? >= n),
+        )?;
         // Let the RSS settle: two readings 500 ms apart within 1 %.
         let mut last = proc_rss_bytes(pid)?;
         wait_until("the RSS to settle", Duration::from_secs(10), || {
@@ -236,7 +278,10 @@ impl Measurer<'_> {
 }
 
 fn field(fields: &Fields, key: &str) -> Result<f64> {
-    fields.get(key).copied().with_context(|| format!("no {key} in {fields:?}"))
+    fields
+        .get(key)
+        .copied()
+        .with_context(|| format!("no {key} in {fields:?}"))
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

@@ -168,7 +168,7 @@ pub fn run(opts: Options) -> Result<()> {
     let started = SystemTime::now();
     let mut results = Results::default();
     let outcome = measure_all(&plan, &bins, &variants, &mut results);
-    let meta = report::Meta::collect(&plan, started, &bins, not_measured);
+    let meta = report::Meta::collect(started, &bins, not_measured, &outcome);
     section(&format!("results ({})", out_dir.display()));
     let table = report::write(&out_dir, &meta, &plan, &variants, &results)?;
     println!("{table}");
@@ -294,6 +294,9 @@ mod tests {
             peer_bin: None,
         };
         let p = Plan::new(&o).unwrap();
-        assert_eq!((p.rounds, p.workers.clone(), p.mtus.clone(), p.peer), (1, vec![1, 2], vec![9000], false));
+        assert_eq!(
+            (p.rounds, p.workers.clone(), p.mtus.clone(), p.peer),
+            (1, vec![1, 2], vec![9000], false)
+        );
     }
 }

@@ -30,7 +30,10 @@ pub fn ensure(cache: &Path) -> Result<PathBuf> {
         println!("tun2proxy {VERSION}: {}", binary.display());
         return Ok(binary);
     }
-    section(&format!("installing tun2proxy {VERSION} from crates.io into {}", root.display()));
+    section(&format!(
+        "installing tun2proxy {VERSION} from crates.io into {}",
+        root.display()
+    ));
     std::fs::create_dir_all(cache)?;
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.args(["install", "tun2proxy", "--version", VERSION, "--locked", "--root"])
@@ -42,7 +45,10 @@ pub fn ensure(cache: &Path) -> Result<PathBuf> {
         let text = install.log();
         let tail: Vec<&str> = text.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!("cargo install tun2proxy@{VERSION} failed ({status}):\n{}", tail.join("\n"));
+        bail!(
+            "cargo install tun2proxy@{VERSION} failed ({status}):\n{}",
+            tail.join("\n")
+        );
     }
     Ok(binary)
 }

@@ -10,6 +10,22 @@ use super::Plan;
 use super::impls::{Kind, Variant};
 use super::stats::{Metric, Results, Summary};
 
+/// Distinct colours that read on white (no yellow).
+const COLOURS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(0, 0, 0),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
+];
+
+fn colour(i: usize) -> RGBColor {
+    COLOURS[i % COLOURS.len()]
+}
+
 const ROUTED: Variant = Variant {
     kind: Kind::Routed,
     mtu: None,
@@ -34,7 +50,8 @@ fn throughput(path: &Path, plan: &Plan, variants: &[Variant], results: &Results)
     let root = SVGBackend::new(path, (1100, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let max_w = plan.workers.iter().copied().max().unwrap_or(1) as f64;
-    let x_range = 0.5..max_w + 0.5;
+    // Room on the right for the legend.
+    let x_range = 0.5..max_w + 1.5;
     let panels = root.split_evenly((2, 2));
     let metrics = [Metric::TcpUp1, Metric::TcpDown1, Metric::TcpUp8, Metric::TcpDown8];
     for (panel, metric) in panels.iter().zip(metrics) {
@@ -53,17 +70,17 @@ fn throughput(path: &Path, plan: &Plan, variants: &[Variant], results: &Results)
         chart
             .configure_mesh()
             .x_desc("tun2socks workers")
-            .x_labels(max_w as usize)
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_labels(max_w as usize + 1)
+            .x_label_formatter(&|x| if *x <= max_w { format!("{x:.0}") } else { String::new() })
             .draw()
             .map_err(err)?;
-        let mut colour = 0;
-        let mut next_style = || {
-            colour += 1;
-            Palette99::pick(colour - 1).stroke_width(2)
+        let mut n = 0;
+        let mut next_colour = || {
+            n += 1;
+            colour(n - 1)
         };
         for &mtu in &plan.mtus {
-            let style = next_style();
+            let style = next_colour().stroke_width(3);
             let points: Vec<(f64, Summary)> = plan
                 .workers
                 .iter()
@@ -91,12 +108,16 @@ fn throughput(path: &Path, plan: &Plan, variants: &[Variant], results: &Results)
         let mut flat: Vec<Variant> = vec![ROUTED, SOCKS];
         flat.extend(variants.iter().filter(|v| v.kind == Kind::Tun2proxy));
         for v in flat {
-            let style = next_style();
+            // The references: thin lines.
+            let style = next_colour().stroke_width(1);
             let Some(s) = results.summary(&v, metric) else {
                 continue;
             };
             chart
-                .draw_series(LineSeries::new(vec![(x_range.start, s.median), (x_range.end, s.median)], style))
+                .draw_series(LineSeries::new(
+                    vec![(x_range.start, s.median), (x_range.end, s.median)],
+                    style,
+                ))
                 .map_err(err)?
                 .label(v.label())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
@@ -122,8 +143,13 @@ fn latency(path: &Path, variants: &[Variant], results: &Results) -> Result<()> {
     let all: Vec<Summary> = variants
         .iter()
         .flat_map(|v| {
-            [Metric::UdpIdleP50, Metric::UdpIdleP99, Metric::UdpLoadedP50, Metric::UdpLoadedP99]
-                .map(|m| results.summary(v, m))
+            [
+                Metric::UdpIdleP50,
+                Metric::UdpIdleP99,
+                Metric::UdpLoadedP50,
+                Metric::UdpLoadedP99,
+            ]
+            .map(|m| results.summary(v, m))
         })
         .flatten()
         .collect();
@@ -162,14 +188,18 @@ fn latency(path: &Path, variants: &[Variant], results: &Results) -> Result<()> {
         (Metric::UdpLoadedP99, "8 downloads p99", 0.24),
     ];
     for (k, (metric, name, offset)) in series.into_iter().enumerate() {
-        let style = Palette99::pick(k).stroke_width(2);
+        let style = colour(k).stroke_width(2);
         let points: Vec<(f64, Summary)> = variants
             .iter()
             .enumerate()
             .filter_map(|(i, v)| Some((i as f64 + offset, results.summary(v, metric)?)))
             .collect();
         chart
-            .draw_series(points.iter().map(|(x, s)| Circle::new((*x, s.median), 4, style.filled())))
+            .draw_series(
+                points
+                    .iter()
+                    .map(|(x, s)| Circle::new((*x, s.median), 4, style.filled())),
+            )
             .map_err(err)?
             .label(name)
             .legend(move |(x, y)| Circle::new((x + 10, y), 4, style.filled()));

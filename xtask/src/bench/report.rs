@@ -29,29 +29,49 @@ pub struct Meta {
     pub peer: Option<String>,
     /// Implementations not measured, and why.
     pub not_measured: Vec<(String, String)>,
+    /// "complete", or why the run stopped early.
+    pub outcome: String,
 }
 
 impl Meta {
-    pub fn collect(_plan: &Plan, started: SystemTime, bins: &Binaries, not_measured: Vec<(String, String)>) -> Meta {
+    pub fn collect(
+        started: SystemTime,
+        bins: &Binaries,
+        not_measured: Vec<(String, String)>,
+        outcome: &Result<()>,
+    ) -> Meta {
         let cpu_model = fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+                t.lines().find_map(|l| {
+                    l.strip_prefix("model name")
+                        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+                })
             })
             .unwrap_or_else(|| "unknown".into());
+        // "Dante v1.4.2.  Copyright ..." → "Dante v1.4.2"
         let danted = command_line("danted", &["-v"]);
+        let danted = danted.split(".  ").next().unwrap_or("").to_owned();
         Meta {
             date_utc: utc_text(started),
             duration_s: started.elapsed().map_or(0.0, |d| d.as_secs_f64()),
-            command: std::env::args().skip(1).fold("cargo xtask".to_owned(), |a, b| a + " " + &b),
+            command: std::env::args()
+                .skip(1)
+                .fold("cargo xtask".to_owned(), |a, b| a + " " + &b),
             kernel: command_line("uname", &["-r"]),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_model,
             socks_server: format!("dante-server ({danted}) for every path"),
             daemon: bins.daemon.display().to_string(),
-            peer: bins.peer.as_ref().map(|p| format!("tun2proxy {} ({})", peer::VERSION, p.display())),
+            peer: bins
+                .peer
+                .as_ref()
+                .map(|p| format!("tun2proxy {} ({})", peer::VERSION, p.display())),
             not_measured,
+            outcome: match outcome {
+                Ok(()) => "complete".into(),
+                Err(e) => format!("stopped early: {e:#}"),
+            },
         }
     }
 }
@@ -143,6 +163,9 @@ const RATIO_METRICS: [Metric; 8] = [
 /// The text table (Markdown).
 pub fn table(meta: &Meta, plan: &Plan, variants: &[Variant], results: &Results) -> String {
     let mut t = String::new();
+    if meta.outcome != "complete" {
+        let _ = writeln!(t, "**Partial results: the run {}.**\n", meta.outcome);
+    }
     let _ = writeln!(
         t,
         "Run {} on {} CPUs ({}), kernel {}; `{}`; {} round(s), {:.0} s in all.\n\
@@ -160,7 +183,10 @@ pub fn table(meta: &Meta, plan: &Plan, variants: &[Variant], results: &Results) 
         let tunnels: Vec<&Variant> = variants.iter().filter(|v| v.mtu == Some(mtu)).collect();
         let mut columns = vec![&ROUTED, &SOCKS];
         columns.extend(&tunnels);
-        let _ = writeln!(t, "### TUN MTU {mtu} (the kernel paths have no TUN: same columns at every MTU)\n");
+        let _ = writeln!(
+            t,
+            "### TUN MTU {mtu} (the kernel paths have no TUN: same columns at every MTU)\n"
+        );
         header(&mut t, "measure", columns.iter().map(|v| v.label()));
         for metric in Metric::ALL {
             let cells = columns.iter().map(|v| cell(results, v, metric));
@@ -182,10 +208,18 @@ pub fn table(meta: &Meta, plan: &Plan, variants: &[Variant], results: &Results) 
     }
     let verdicts = targets(plan, results);
     if !verdicts.is_empty() {
-        let _ = writeln!(t, "### Targets (issue 5), tun2socks with {} worker(s)\n", max_workers(plan));
+        let _ = writeln!(
+            t,
+            "### Targets (issue 5), tun2socks with {} worker(s)\n",
+            max_workers(plan)
+        );
         header(&mut t, "target", ["measured", "verdict"].map(String::from).into_iter());
         for v in &verdicts {
-            row(&mut t, v.target.clone(), [v.measured.clone(), v.verdict.clone()].into_iter());
+            row(
+                &mut t,
+                v.target.clone(),
+                [v.measured.clone(), v.verdict.clone()].into_iter(),
+            );
         }
         t.push('\n');
     }
@@ -194,7 +228,13 @@ pub fn table(meta: &Meta, plan: &Plan, variants: &[Variant], results: &Results) 
     }
     for f in &results.failures {
         let first = f.error.lines().next().unwrap_or("");
-        let _ = writeln!(t, "- failed in round {}: {} / {}: {first}", f.round + 1, f.variant, f.what);
+        let _ = writeln!(
+            t,
+            "- failed in round {}: {} / {}: {first}",
+            f.round + 1,
+            f.variant,
+            f.what
+        );
     }
     t
 }
@@ -271,13 +311,28 @@ pub fn targets(plan: &Plan, results: &Results) -> Vec<Verdict> {
     };
     let mut list = Vec::new();
     for (metric, what) in [(Metric::TcpUp1, "app→srv"), (Metric::TcpDown1, "srv→app")] {
-        list.push((format!("TCP 1 stream {what}, MTU {default_mtu}: ≥ 0.6× SOCKS path"), metric, default_mtu, Goal::RatioAtLeast(0.6)));
+        list.push((
+            format!("TCP 1 stream {what}, MTU {default_mtu}: ≥ 0.6× SOCKS path"),
+            metric,
+            default_mtu,
+            Goal::RatioAtLeast(0.6),
+        ));
         if plan.mtus.contains(&1500) {
-            list.push((format!("TCP 1 stream {what}, MTU 1500: ≥ 0.4× SOCKS path"), metric, 1500, Goal::RatioAtLeast(0.4)));
+            list.push((
+                format!("TCP 1 stream {what}, MTU 1500: ≥ 0.4× SOCKS path"),
+                metric,
+                1500,
+                Goal::RatioAtLeast(0.4),
+            ));
         }
     }
     for (metric, what) in [(Metric::TcpUp8, "app→srv"), (Metric::TcpDown8, "srv→app")] {
-        list.push((format!("TCP 8 streams {what}, MTU {default_mtu}: ≥ 0.6× SOCKS path"), metric, default_mtu, Goal::RatioAtLeast(0.6)));
+        list.push((
+            format!("TCP 8 streams {what}, MTU {default_mtu}: ≥ 0.6× SOCKS path"),
+            metric,
+            default_mtu,
+            Goal::RatioAtLeast(0.6),
+        ));
     }
     list.push((
         format!("UDP RTT p99 under 8 downloads, MTU {default_mtu}: ≤ 1.25× SOCKS path's loaded p99"),
@@ -313,7 +368,10 @@ pub fn targets(plan: &Plan, results: &Results) -> Vec<Verdict> {
             let (value, measured) = match goal {
                 Goal::AtMost(_) => {
                     let s = results.summary(&v, metric);
-                    (s.map(|s| s.median), s.map(|s| range(s, |x| metric.format(x)) + " " + metric.unit()))
+                    (
+                        s.map(|s| s.median),
+                        s.map(|s| range(s, |x| metric.format(x)) + " " + metric.unit()),
+                    )
                 }
                 _ => {
                     let s = results.ratio(&v, &SOCKS, metric);

@@ -54,7 +54,10 @@ impl Testbed {
         lab.spawn_server("load-server", cmd, &[LOAD_PORT])?;
         let pids = lab.srv().pids()?;
         let [pid] = pids[..] else {
-            bail!("expected only the load server in {}, found pids {pids:?}", lab.srv().name());
+            bail!(
+                "expected only the load server in {}, found pids {pids:?}",
+                lab.srv().name()
+            );
         };
         Ok(Testbed {
             lab,
@@ -82,7 +85,8 @@ impl Testbed {
         let status = wait_exit(&mut tool, limit).with_context(|| format!("{shown}\n{}", tool.log()))?;
         let log = tool.log();
         if !status.success() {
-            bail!("{shown} failed ({status}):\n{}", log.trim_end());
+            let last = log.lines().last().unwrap_or("").to_owned();
+            bail!("{last} ({status})\n{shown}\n{}", log.trim_end());
         }
         result_line(&log, kind).with_context(|| format!("{shown} printed no `{kind}` line:\n{log}"))
     }
@@ -199,10 +203,7 @@ pub fn proc_cpu_seconds(pid: u32, children: bool) -> Result<f64> {
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name may contain anything; the fields after it do not.
     let after = text.rsplit_once(')').map(|(_, rest)| rest).context("malformed stat")?;
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
+    let fields: Vec<u64> = after.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
     // utime, stime, cutime, cstime are fields 14-17; `after` starts at field 3.
     let ticks: u64 = if children {
         fields.get(11..15).context("short stat")?.iter().sum()

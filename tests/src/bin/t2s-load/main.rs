@@ -19,8 +19,9 @@
 //! Errors go to stderr with exit status 1.
 //!
 //! The TCP protocol: the client's first byte picks what the server does.
-//! `S`: discard until EOF, then close. `R`: send zeros until the client goes
-//! away. `P`: answer one byte, then close (connection-rate "1-byte echo").
+//! `S`: discard until EOF, then close. `A` + LEN (u64, big-endian): discard
+//! LEN bytes, answer one byte, wait for EOF (an upload's end that needs no
+//! half-close along the path). `R`: send zeros until the client goes away. `P`: answer one byte, then close (connection-rate "1-byte echo").
 //! `K`: answer one byte, then wait for EOF. No byte at all: wait for EOF (an
 //! idle connection). UDP: every datagram is echoed to its sender.
 

@@ -16,8 +16,12 @@ pub fn run(listen: &[SocketAddr], threads: usize) -> Result<()> {
     rt.block_on(async {
         let mut tasks = Vec::new();
         for &addr in listen {
-            let tcp = TcpListener::bind(addr).await.with_context(|| format!("binding tcp {addr}"))?;
-            let udp = UdpSocket::bind(addr).await.with_context(|| format!("binding udp {addr}"))?;
+            let tcp = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding tcp {addr}"))?;
+            let udp = UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("binding udp {addr}"))?;
             println!("listening on {addr} (tcp and udp)");
             tasks.push(tokio::spawn(accept_loop(tcp)));
             tasks.push(tokio::spawn(udp_echo(udp)));
@@ -64,6 +68,24 @@ async fn serve_one(mut stream: TcpStream) -> Result<()> {
             }
         }
         b'P' => stream.write_all(b"P").await?,
+        b'A' => {
+            // Discard exactly LEN bytes, then acknowledge them: an upload's end
+            // that does not depend on half-close support along the path.
+            let mut len = [0; 8];
+            stream.read_exact(&mut len).await?;
+            let mut left = u64::from_be_bytes(len);
+            let mut buf = vec![0; CHUNK];
+            while left > 0 {
+                let want = left.min(CHUNK as u64) as usize;
+                let n = stream.read(&mut buf[..want]).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                left -= n as u64;
+            }
+            stream.write_all(b"A").await?;
+            while stream.read(&mut buf).await? > 0 {}
+        }
         b'K' => {
             stream.write_all(b"K").await?;
             let mut buf = [0; 512];

@@ -54,7 +54,10 @@ pub async fn associate(proxy: SocketAddr) -> Result<(TcpStream, std::net::UdpSoc
 async fn greet(stream: &mut TcpStream) -> Result<()> {
     stream.write_all(&[VERSION, 1, NO_AUTH]).await?;
     let mut reply = [0; 2];
-    stream.read_exact(&mut reply).await.context("reading the method reply")?;
+    stream
+        .read_exact(&mut reply)
+        .await
+        .context("reading the method reply")?;
     if reply != [VERSION, NO_AUTH] {
         bail!("the proxy refused no-authentication (reply {reply:?})");
     }

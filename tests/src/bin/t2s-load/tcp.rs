@@ -85,7 +85,7 @@ pub struct Streams {
 impl Streams {
     /// Connects `n` streams (all before any moves data), then starts them.
     /// With a quota each stream moves that many bytes and ends (an upload
-    /// waits for the server to have read everything).
+    /// waits for the server's acknowledgement of everything).
     pub fn start(path: &Path, n: usize, dir: Dir, quota: Option<u64>) -> Result<Self> {
         let mut connected = Vec::new();
         for i in 0..n {
@@ -94,7 +94,15 @@ impl Streams {
                 .with_context(|| format!("stream {i} to {}", path.describe()))?;
             stream.set_read_timeout(Some(IO_TIMEOUT))?;
             stream.set_write_timeout(Some(IO_TIMEOUT))?;
-            stream.write_all(if dir == Dir::Up { b"S" } else { b"R" })?;
+            match (dir, quota) {
+                (Dir::Up, Some(quota)) => {
+                    let mut header = vec![b'A'];
+                    header.extend_from_slice(&quota.to_be_bytes());
+                    stream.write_all(&header)?;
+                }
+                (Dir::Up, None) => stream.write_all(b"S")?,
+                (Dir::Down, _) => stream.write_all(b"R")?,
+            }
             connected.push(stream);
         }
         let moved = Arc::new(AtomicU64::new(0));
@@ -154,7 +162,9 @@ impl Streams {
 fn join_all(threads: Vec<JoinHandle<Result<()>>>) -> Result<()> {
     let mut first_error = None;
     for thread in threads {
-        let result = thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("stream thread panicked")));
+        let result = thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("stream thread panicked")));
         if let Err(e) = result {
             first_error.get_or_insert(e);
         }
@@ -176,10 +186,13 @@ fn upload(mut stream: TcpStream, quota: Option<u64>, moved: &AtomicU64) -> Resul
         moved.fetch_add(written as u64, Ordering::Relaxed);
         left -= written as u64;
     }
-    // The server closes once it has read everything.
-    stream.shutdown(Shutdown::Write)?;
-    let mut rest = [0; 64];
-    while stream.read(&mut rest).context("upload: waiting for the server's close")? > 0 {}
+    if quota.is_some() {
+        // The server acknowledges once it has read everything.
+        let mut ack = [0; 1];
+        stream
+            .read_exact(&mut ack)
+            .context("upload: waiting for the server's acknowledgement")?;
+    }
     Ok(())
 }
 
