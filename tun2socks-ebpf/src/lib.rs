@@ -246,6 +246,56 @@ pub const fn queue_of(hash: u32, queues: u32) -> u32 {
     if queues == 0 { 0 } else { steering_value(hash) % queues }
 }
 
+/// What the `steer` program counts, per CPU: the index of each class in
+/// its `STEER_COUNTERS` map. User space reads and sums them for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SteerClass {
+    /// TCP, steered by its 5-tuple.
+    Tcp = 0,
+    /// UDP, steered by its source endpoint.
+    Udp = 1,
+    /// Other IP traffic, fragments, extension headers: by addresses.
+    OtherIp = 2,
+    /// Not IP at all: queue 0.
+    NotIp = 3,
+}
+
+impl SteerClass {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [SteerClass; 4] = [SteerClass::Tcp, SteerClass::Udp, SteerClass::OtherIp, SteerClass::NotIp];
+
+    #[inline(always)]
+    pub fn of(key: Option<&FlowKey>) -> SteerClass {
+        match key.map(|k| k.proto) {
+            Some(IPPROTO_TCP) => SteerClass::Tcp,
+            Some(IPPROTO_UDP) => SteerClass::Udp,
+            Some(_) => SteerClass::OtherIp,
+            None => SteerClass::NotIp,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SteerClass::Tcp => "tcp",
+            SteerClass::Udp => "udp",
+            SteerClass::OtherIp => "other_ip",
+            SteerClass::NotIp => "not_ip",
+        }
+    }
+}
+
+/// The steering decision and the class it counts as.
+#[inline(always)]
+pub fn steer_and_classify<P: PacketBytes + ?Sized>(packet: &P) -> (u32, SteerClass) {
+    let key = flow_key(packet);
+    let value = match &key {
+        Some(key) => steering_value(flow_hash(key)),
+        None => 0,
+    };
+    (value, SteerClass::of(key.as_ref()))
+}
+
 /// The whole steering decision for one packet: the `steer` program's return
 /// value. Packets that are not IP go to queue 0.
 #[inline(always)]

@@ -8,8 +8,17 @@
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use aya_ebpf::{macros::socket_filter, programs::SkBuffContext};
-    use tun2socks_ebpf::{PacketBytes, steer_packet};
+    use aya_ebpf::{
+        macros::{map, socket_filter},
+        maps::PerCpuArray,
+        programs::SkBuffContext,
+    };
+    use tun2socks_ebpf::{PacketBytes, SteerClass, steer_and_classify};
+
+    /// Packets steered, by [`SteerClass`], per CPU: no atomics, user space
+    /// sums the CPUs when it reads them.
+    #[map]
+    static STEER_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SteerClass::COUNT, 0);
 
     /// The packet as `bpf_skb_load_bytes` sees it: offsets count from
     /// `skb->data`, which on a TUN device (IFF_NO_PI) is the IP header. The
@@ -29,7 +38,13 @@ mod programs {
     /// `tun2socks::steering::queue_for_packet` in user space.
     #[socket_filter]
     pub fn steer(ctx: SkBuffContext) -> i64 {
-        i64::from(steer_packet(&Skb(&ctx)))
+        let (value, class) = steer_and_classify(&Skb(&ctx));
+        if let Some(counter) = STEER_COUNTERS.get_ptr_mut(class as u32) {
+            // SAFETY: the map's per-CPU slot for this CPU; nothing else
+            // runs on it while this program does.
+            unsafe { *counter += 1 };
+        }
+        i64::from(value)
     }
 
     // The kernel checks the license string against the helpers used;

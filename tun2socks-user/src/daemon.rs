@@ -17,9 +17,10 @@ use tracing::{error, info, warn};
 use crate::cli::Cli;
 use crate::device::tun::{self, TunError, TunQueue};
 use crate::dns::{DnsMode, DnsService, FakeIpConfig, FakeIpPool};
-use crate::proxy::Upstream;
 use crate::journal::{self, Journal};
+use crate::proxy::Upstream;
 use crate::setup::{self, ExistingDevice, SetupError, SetupPlan};
+use crate::steering::{SteerCounters, Steering};
 use crate::worker::{self, Phase, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
 use crate::{metrics, netns, notify, privileges, steering};
 
@@ -69,7 +70,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let endpoints = metrics::Endpoints::bind(&cli)?;
 
     let mut journal = Journal::create(journal_dir, &cli.device, created).context("starting the setup journal")?;
-    let signals = Signals { term: &mut sigterm, int: &mut sigint };
+    let signals = Signals {
+        term: &mut sigterm,
+        int: &mut sigint,
+    };
     let (result, undone) = tunnel(&cli, upstream, dns, &plan, &mut journal, signals, endpoints).await;
     if undone {
         if let Err(e) = journal.finish() {
@@ -108,7 +112,7 @@ async fn tunnel(
         Ok(fd) => fd,
         Err(e) => return (Err(e).context("duplicating a TUN queue fd"), true),
     };
-    let _steering = match steering::attach(queues[0].as_fd()) {
+    let mut steering = match steering::attach(queues[0].as_fd()) {
         Ok(steering) => Some(steering),
         Err(e) => {
             warn!(error = %e, "flow steering unavailable: running on the kernel's own queue choice, \
@@ -136,7 +140,8 @@ async fn tunnel(
         Ok(()) => info!("dropped every capability but CAP_NET_ADMIN"),
         Err(e) => warn!(error = %e, "could not drop capabilities; running with those we were given"),
     }
-    let result = run_workers(cli, upstream, dns, queues, signals.term, signals.int, endpoints).await;
+    let ebpf_counters = steering.as_mut().and_then(Steering::take_counters).map(Arc::new);
+    let result = run_workers(cli, upstream, dns, queues, signals, endpoints, ebpf_counters).await;
     let undone = match applied {
         None => true,
         Some(applied) => match applied.undo().await {
@@ -343,10 +348,14 @@ async fn run_workers(
     upstream: Upstream,
     dns: Arc<DnsService>,
     queues: Vec<TunQueue>,
-    sigterm: &mut tokio::signal::unix::Signal,
-    sigint: &mut tokio::signal::unix::Signal,
+    signals: Signals<'_>,
     endpoints: metrics::Endpoints,
+    ebpf_counters: Option<Arc<SteerCounters>>,
 ) -> anyhow::Result<()> {
+    let Signals {
+        term: sigterm,
+        int: sigint,
+    } = signals;
     let (phase, phase_rx) = watch::channel(Phase::Run);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let stack = StackConfig {
@@ -390,7 +399,7 @@ async fn run_workers(
         DnsMode::Udp => {}
     }
     // ops: metrics and `tun2socks stats` while the workers run (and drain).
-    let _serving = endpoints.serve(&handles);
+    let _serving = endpoints.serve(&handles, ebpf_counters);
     info!(device = %cli.device, workers, proxy = %cli.proxy.redacted(), dns = %dns.mode, "tun2socks ready");
     notify::ready(&format!("{workers} workers on {}", cli.device));
 
@@ -408,7 +417,11 @@ async fn run_workers(
     };
     if let Ok(signal) = &outcome {
         let timeout = cli.shutdown_timeout();
-        info!(signal, ?timeout, "shutting down: draining open connections (a second signal stops at once)");
+        info!(
+            signal,
+            ?timeout,
+            "shutting down: draining open connections (a second signal stops at once)"
+        );
         notify::stopping();
         let _ = phase.send(Phase::Drain);
         drain(&handles, timeout, sigterm, sigint).await;

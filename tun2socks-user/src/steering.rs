@@ -16,8 +16,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use aya::Ebpf;
+use aya::maps::{MapData, MapError, PerCpuArray};
 use aya::programs::{ProgramError, SocketFilter};
-use tun2socks_ebpf::{flow_hash, flow_key, queue_of};
+use tun2socks_ebpf::{SteerClass, flow_hash, flow_key, queue_of};
 
 /// `_IOR('T', 224, int)`: sets the device's steering program (fd -1 clears it).
 const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
@@ -94,7 +95,40 @@ pub fn attach(queue: BorrowedFd<'_>) -> Result<Steering, SteeringError> {
     Ok(Steering { ebpf })
 }
 
+/// The `steer` program's per-CPU counters, by [`SteerClass`].
+pub struct SteerCounters {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for SteerCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SteerCounters").finish_non_exhaustive()
+    }
+}
+
+impl SteerCounters {
+    /// Each class with its count summed over the CPUs.
+    pub fn read(&self) -> Result<Vec<(SteerClass, u64)>, MapError> {
+        SteerClass::ALL
+            .into_iter()
+            .map(|class| Ok((class, self.map.get(&(class as u32), 0)?.iter().sum())))
+            .collect()
+    }
+}
+
 impl Steering {
+    /// The program's counters, for metrics; `None` after the first call.
+    pub fn take_counters(&mut self) -> Option<SteerCounters> {
+        let map = self.ebpf.take_map("STEER_COUNTERS")?;
+        match PerCpuArray::try_from(map) {
+            Ok(map) => Some(SteerCounters { map }),
+            Err(error) => {
+                tracing::warn!(%error, "the steering program's counters are unreadable");
+                None
+            }
+        }
+    }
+
     /// Takes the program off the device again; the kernel's own queue choice
     /// applies from then on.
     pub fn detach(self, queue: BorrowedFd<'_>) -> Result<(), SteeringError> {

@@ -14,6 +14,9 @@ use crate::worker::WorkerSnapshot;
 use crate::worker::stats::LATENCY_BOUNDS_US;
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+use tun2socks_ebpf::SteerClass;
+
+use crate::steering::SteerCounters;
 
 /// A counter from the eBPF programs, summed over CPUs.
 #[derive(Debug, Clone)]
@@ -23,15 +26,30 @@ pub struct EbpfCounter {
     pub value: u64,
 }
 
-/// The eBPF per-CPU counters, read at each scrape.
-///
-/// Extension point: the TUN steering program keeps no counters today. When
-/// it gets a `PerCpuArray` map (packets per queue, say), read it here with
-/// `aya::maps::PerCpuArray::get` and sum over the CPUs (the map lives in the
-/// `Ebpf` that `steering::attach` keeps; hand a reader to
-/// `metrics::Workers`). Each entry is exported as `tun2socks_ebpf_<name>_total`.
-pub fn ebpf_counters() -> Vec<EbpfCounter> {
-    Vec::new()
+/// The eBPF per-CPU counters, read at each scrape and summed over the CPUs:
+/// packets the steering program saw, by class. Exported as
+/// `tun2socks_ebpf_<name>_total`.
+pub fn ebpf_counters(steering: Option<&SteerCounters>) -> Vec<EbpfCounter> {
+    let Some(steering) = steering else { return Vec::new() };
+    match steering.read() {
+        Ok(classes) => classes
+            .into_iter()
+            .map(|(class, value)| EbpfCounter {
+                name: match class {
+                    SteerClass::Tcp => "steered_tcp_packets",
+                    SteerClass::Udp => "steered_udp_packets",
+                    SteerClass::OtherIp => "steered_other_ip_packets",
+                    SteerClass::NotIp => "steered_not_ip_packets",
+                },
+                help: "Packets the TUN steering program placed, by class (summed over CPUs).",
+                value,
+            })
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the steering program's counters");
+            Vec::new()
+        }
+    }
 }
 
 /// What one scrape exports.

@@ -26,7 +26,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
 use crate::cli::{self, Cli};
+use crate::steering::SteerCounters;
 use crate::worker::{SnapshotRequests, WorkerHandle, WorkerSnapshot};
 pub use control::socket_path;
 pub use exposition::{EbpfCounter, Scrape};
@@ -43,14 +46,17 @@ pub struct Workers {
     requests: Vec<SnapshotRequests>,
     device: String,
     started: Instant,
+    /// The steering program's per-CPU counters, when it is attached.
+    ebpf: Option<Arc<SteerCounters>>,
 }
 
 impl Workers {
-    pub fn of(handles: &[WorkerHandle], device: &str) -> Workers {
+    pub fn of(handles: &[WorkerHandle], device: &str, ebpf: Option<Arc<SteerCounters>>) -> Workers {
         Workers {
             requests: handles.iter().map(|h| h.snapshots.clone()).collect(),
             device: device.to_owned(),
             started: Instant::now(),
+            ebpf,
         }
     }
 
@@ -73,7 +79,7 @@ impl Workers {
             version: env!("CARGO_PKG_VERSION"),
             ebpf_build_id: cli::ebpf_build_id(),
             workers: self.snapshots().await,
-            ebpf: exposition::ebpf_counters(),
+            ebpf: exposition::ebpf_counters(self.ebpf.as_deref()),
         }
         .encode()
     }
@@ -133,8 +139,8 @@ impl Endpoints {
     }
 
     /// Starts serving on the current runtime; stops when the result drops.
-    pub fn serve(self, handles: &[WorkerHandle]) -> Serving {
-        let workers = Workers::of(handles, &self.device);
+    pub fn serve(self, handles: &[WorkerHandle], ebpf: Option<Arc<SteerCounters>>) -> Serving {
+        let workers = Workers::of(handles, &self.device, ebpf);
         let mut tasks = Vec::new();
         if let Some((addr, listener)) = self.metrics {
             match tokio::net::TcpListener::from_std(listener) {
