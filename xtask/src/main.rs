@@ -3,6 +3,7 @@
 mod bench;
 mod cargo;
 mod demo;
+mod fuzz;
 mod prereqs;
 mod signal;
 
@@ -37,6 +38,9 @@ enum Task {
     /// Measure tun2socks against the kernel and a peer (tun2proxy) in a
     /// namespace lab; JSON, table and SVG plots into target/bench/<time>/.
     Bench(Box<bench::Options>),
+    /// Run each cargo-fuzz target (fuzz/, nightly) for a while (default
+    /// 20 s each); installs cargo-fuzz if missing.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Task::Run { once } => demo::run(once),
         Task::Test => cargo::test_all(),
         Task::Bench(options) => bench::run(*options),
+        Task::Fuzz(options) => fuzz::run(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

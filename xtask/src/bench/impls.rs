@@ -8,13 +8,13 @@ use anyhow::{Context, Result};
 use lab::Daemon;
 use lab::process::Process;
 use lab::servers::dante_url;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::peer;
 use super::testbed::{Routed, Testbed, dante, target, wait_until};
 
 /// What carries the traffic from `app` to `srv`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Kind {
     /// Kernel baseline 1: `proxy` forwards, no SOCKS server in the path.
@@ -29,7 +29,7 @@ pub enum Kind {
 
 /// An implementation in one configuration. Kernel baselines have no TUN,
 /// so no MTU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Variant {
     #[serde(flatten)]
     pub kind: Kind,

@@ -13,7 +13,7 @@ use super::testbed::{Fields, Testbed, proc_cpu_seconds, proc_rss_bytes, result_l
 use crate::signal;
 
 /// Durations and sizes of the measurements.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     /// Each timed TCP, UDP and connection-rate measurement, seconds.
     pub secs: f64,
@@ -98,6 +98,11 @@ impl Measurer<'_> {
         f: impl FnOnce(&mut Self, &mut Running) -> Result<()>,
     ) -> Result<()> {
         println!("  {what}");
+        // After a crash the rest of the session is not run (its failure is
+        // recorded once, by the step that saw it).
+        if run.ensure_running().is_err() {
+            return Ok(());
+        }
         match f(self, run).and_then(|()| run.ensure_running()) {
             Ok(()) => Ok(()),
             Err(e) => self.failed(what, e),
@@ -176,12 +181,14 @@ impl Measurer<'_> {
         let args = strings(&["--concurrency", &concurrency.to_string(), "--secs", &secs.to_string()]);
         let f = self.load(run, "conn", "conn-rate", &args, secs + 30.0)?;
         let per_s = field(&f, "per_s")?;
+        let (ok, errors) = (field(&f, "ok")?, field(&f, "errors")?);
+        let failed = 100.0 * errors / (ok + errors).max(1.0);
         if concurrency == 1 {
             self.add(Metric::ConnSeq, per_s);
+            self.add(Metric::ConnSeqFailed, failed);
         } else {
-            let (ok, errors) = (field(&f, "ok")?, field(&f, "errors")?);
             self.add(Metric::Conn64, per_s);
-            self.add(Metric::Conn64Failed, 100.0 * errors / (ok + errors).max(1.0));
+            self.add(Metric::Conn64Failed, failed);
             self.add(Metric::Conn64ToolCpu, field(&f, "cpu_pct")?);
         }
         Ok(())

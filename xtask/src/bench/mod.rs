@@ -71,10 +71,14 @@ pub struct Options {
     /// A tun2proxy binary to use instead of the pinned one from crates.io.
     #[arg(long)]
     pub peer_bin: Option<PathBuf>,
+    /// Measure nothing: rewrite table.md, results.json and the plots of an
+    /// earlier run in DIR from its results.json.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
 }
 
 /// What a run does, with the defaults filled in.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub quick: bool,
     pub rounds: usize,
@@ -122,6 +126,9 @@ impl Plan {
 }
 
 pub fn run(opts: Options) -> Result<()> {
+    if let Some(dir) = &opts.report {
+        return rewrite(dir);
+    }
     let plan = Plan::new(&opts)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -181,6 +188,21 @@ pub fn run(opts: Options) -> Result<()> {
         bail!("no number for: {}", missing.join("; "));
     }
     println!("written to {}", out_dir.display());
+    Ok(())
+}
+
+/// `--report DIR`: the outputs of an earlier run, written again.
+fn rewrite(dir: &Path) -> Result<()> {
+    let saved = report::read(dir)?;
+    let variants: Vec<Variant> = saved.variants.iter().map(|(_, v)| *v).collect();
+    let results = Results {
+        samples: saved.samples,
+        failures: saved.failures,
+    };
+    let table = report::write(dir, &saved.meta, &saved.plan, &variants, &results)?;
+    plot::write(dir, &saved.plan, &variants, &results)?;
+    println!("{table}");
+    println!("rewritten in {}", dir.display());
     Ok(())
 }
 
@@ -292,6 +314,7 @@ mod tests {
             daemon: None,
             load_tool: None,
             peer_bin: None,
+            report: None,
         };
         let p = Plan::new(&o).unwrap();
         assert_eq!(

@@ -70,6 +70,7 @@ fn throughput(path: &Path, plan: &Plan, variants: &[Variant], results: &Results)
         chart
             .configure_mesh()
             .x_desc("tun2socks workers")
+            .max_light_lines(2)
             .x_labels(max_w as usize + 1)
             .x_label_formatter(&|x| if *x <= max_w { format!("{x:.0}") } else { String::new() })
             .draw()
@@ -169,6 +170,7 @@ fn latency(path: &Path, variants: &[Variant], results: &Results) -> Result<()> {
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .max_light_lines(2)
         .x_labels(variants.len())
         .x_label_formatter(&|x| {
             let i = x.round();
@@ -213,7 +215,7 @@ fn latency(path: &Path, variants: &[Variant], results: &Results) -> Result<()> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()

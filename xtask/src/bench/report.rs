@@ -9,14 +9,14 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::impls::{Binaries, Kind, Variant};
 use super::stats::{Metric, Results, Summary};
 use super::{DEFAULT_MTU, Plan, peer, utc_text};
 
 /// Where and how the run happened.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Meta {
     pub date_utc: String,
     pub duration_s: f64,
@@ -106,6 +106,23 @@ struct Json<'a> {
     targets: Vec<Verdict>,
     failures: &'a [super::stats::Failure],
     samples: &'a [super::stats::Sample],
+}
+
+/// What `read` gets back from a `results.json`.
+#[derive(Deserialize)]
+pub struct Saved {
+    pub meta: Meta,
+    pub plan: Plan,
+    pub variants: Vec<(String, Variant)>,
+    pub failures: Vec<super::stats::Failure>,
+    pub samples: Vec<super::stats::Sample>,
+}
+
+/// Reads the `results.json` of an earlier run.
+pub fn read(dir: &Path) -> Result<Saved> {
+    let path = dir.join("results.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Writes `results.json` and `table.md` into `dir`; returns the table.

@@ -2,12 +2,12 @@
 //! statistics quoted from it: medians with min–max over the rounds, and
 //! ratios against a baseline taken round by round.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::impls::Variant;
 
 /// Every figure the benchmark produces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     TcpUp1,
@@ -23,6 +23,8 @@ pub enum Metric {
     /// What the 8 downloads moved meanwhile.
     UdpLoadGbit,
     ConnSeq,
+    /// Connections that failed (percent of all tried), sequential.
+    ConnSeqFailed,
     Conn64,
     /// Connections that failed (percent of all tried), 64 in flight.
     Conn64Failed,
@@ -35,7 +37,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 17] = [
+    pub const ALL: [Metric; 18] = [
         Metric::TcpUp1,
         Metric::TcpUp8,
         Metric::TcpDown1,
@@ -47,6 +49,7 @@ impl Metric {
         Metric::UdpLoadedLoss,
         Metric::UdpLoadGbit,
         Metric::ConnSeq,
+        Metric::ConnSeqFailed,
         Metric::Conn64,
         Metric::Conn64Failed,
         Metric::Conn64ToolCpu,
@@ -69,6 +72,7 @@ impl Metric {
             Metric::UdpLoadGbit => "(8 downloads meanwhile)",
             Metric::ConnSeq => "connections/s, sequential",
             Metric::Conn64 => "connections/s, 64 in flight",
+            Metric::ConnSeqFailed => "failed connections, sequential",
             Metric::Conn64Failed => "failed connections, 64 in flight",
             Metric::Conn64ToolCpu => "load tool CPU, 64 in flight",
             Metric::RssPerConn => "RSS per idle TCP connection",
@@ -81,7 +85,7 @@ impl Metric {
         match self {
             Metric::TcpUp1 | Metric::TcpUp8 | Metric::TcpDown1 | Metric::TcpDown8 | Metric::UdpLoadGbit => "Gbit/s",
             Metric::UdpIdleP50 | Metric::UdpIdleP99 | Metric::UdpLoadedP50 | Metric::UdpLoadedP99 => "µs",
-            Metric::UdpLoadedLoss | Metric::Conn64Failed => "%",
+            Metric::UdpLoadedLoss | Metric::ConnSeqFailed | Metric::Conn64Failed => "%",
             Metric::Conn64ToolCpu => "% of a core",
             Metric::ConnSeq | Metric::Conn64 => "/s",
             Metric::RssPerConn => "bytes",
@@ -112,7 +116,7 @@ impl Metric {
 }
 
 /// One number from one round.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sample {
     pub round: usize,
     pub variant: Variant,
@@ -121,7 +125,7 @@ pub struct Sample {
 }
 
 /// A measurement that produced no number, and why.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Failure {
     pub round: usize,
     pub variant: String,

@@ -72,8 +72,8 @@ pub fn rate(plan: &RatePlan) -> Result<()> {
     if let Some(e) = &tally.first_error {
         eprintln!("t2s-load: {} failed connections; the first: {e}", tally.errors);
     }
-    if tally.ok == 0 {
-        bail!("no connection succeeded");
+    if tally.ok + tally.errors == 0 {
+        bail!("no connection was tried");
     }
     let mut lat = tally.latencies_us;
     lat.sort_by(f64::total_cmp);

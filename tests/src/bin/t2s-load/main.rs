@@ -102,7 +102,8 @@ enum Command {
         load_warmup: f64,
     },
     /// Connections per second: CONCURRENCY loops of connect, 1-byte echo,
-    /// close (the server closes first), for SECS seconds.
+    /// close (the server closes first), for SECS seconds. Failed connections
+    /// are counted (`errors`), not fatal.
     ConnRate {
         #[arg(long)]
         to: SocketAddr,
