@@ -9,6 +9,7 @@ use tun2socks::cli::{self, Command, Invocation};
 use tun2socks::{config, daemon, metrics, notify};
 
 fn main() -> ExitCode {
+    keep_large_buffers_lazy();
     let invocation = match cli::parse_from(std::env::args_os()) {
         Ok(invocation) => invocation,
         // --help, --version and usage errors, as clap prints them.
@@ -99,4 +100,16 @@ fn init_logging(verbose: u8, quiet: &str) {
     } else {
         builder.init();
     }
+}
+
+/// Socket buffers (256 KiB per direction and connection by default) are
+/// allocated zeroed. glibc raises its mmap threshold each time a large block
+/// is freed, after which such blocks come from the heap and calloc must
+/// clear them, touching every page. A fixed threshold keeps them in fresh
+/// mappings, whose pages cost memory only once data lands in them.
+fn keep_large_buffers_lazy() {
+    const THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt only changes an allocator tunable; called before any
+    // other thread exists.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
 }
