@@ -9,12 +9,15 @@
 mod support;
 
 mod auth; // 3. SOCKS5 username/password
+mod crash; // issue 6: kill -9 during setup and under load, then cleanup / restart
 mod curl; // 1. curl via dante and microsocks, IPv4 and IPv6
 mod dns; // issue 3: 3. dig in udp and over-tcp modes, 4. fake-ip by name
 mod errors; // one-line errors for bad configurations
 mod lab_check; // the lab alone, without the daemon
 mod ops; // issue 7: metrics, stats, --no-setup, single-queue device, http and direct upstreams, unit capabilities
 mod refusal; // 4. refused destinations are refused fast
+mod robust_input; // issue 6: malformed packets, SYN flood
+mod robust_proxy; // issue 6: misbehaving SOCKS5 and HTTP proxies
 mod route_loop; // 7. a routed prefix containing the proxy
 mod teardown; // 6. the namespace is as before after SIGTERM/SIGINT
 mod transfer; // 2. 32 parallel verified transfers on two workers

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod netns;
 pub mod probe;
 pub mod process;
+pub mod procfs;
 pub mod servers;
 pub mod snapshot;
 pub mod topology;

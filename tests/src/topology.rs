@@ -161,6 +161,18 @@ impl Lab {
     }
 
     fn spawn_server_on(&self, name: &str, cmd: Command, proto: Proto, ports: &[u16]) -> Result<()> {
+        let server = self.spawn_listening(name, cmd, proto, ports)?;
+        self.procs.borrow_mut().push(server);
+        Ok(())
+    }
+
+    /// Like [`Lab::spawn_server`], but the caller owns the server: dropping
+    /// the returned [`Process`] kills it (to stop or restart it mid-test).
+    pub fn spawn_owned_server(&self, name: &str, cmd: Command, ports: &[u16]) -> Result<Process> {
+        self.spawn_listening(name, cmd, Proto::Tcp, ports)
+    }
+
+    fn spawn_listening(&self, name: &str, cmd: Command, proto: Proto, ports: &[u16]) -> Result<Process> {
         let mut server = Process::spawn(name, cmd, &self.log_path(name))?;
         for &port in ports {
             let what = format!("{name} to listen on {proto:?} port {port}");
@@ -170,8 +182,7 @@ impl Lab {
             })
             .with_context(|| format!("log of {name}:\n{}", server.log()))?;
         }
-        self.procs.borrow_mut().push(server);
-        Ok(())
+        Ok(server)
     }
 
     /// Writes `/etc/netns/<ns>/<file>`, which `ip netns exec` bind-mounts over

@@ -205,7 +205,8 @@ mod tests {
 }
 
 /// Builds an IP/UDP packet from `src` to `dst` into `buf` (replacing its
-/// contents), with checksums. `None` when the families differ.
+/// contents), with checksums. `None` when the families differ or the
+/// payload does not fit in one IP packet.
 pub fn write_udp(buf: &mut Vec<u8>, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<()> {
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr};
@@ -215,6 +216,16 @@ pub fn write_udp(buf: &mut Vec<u8>, src: SocketAddr, dst: SocketAddr, payload: &
         dst_port: dst.port(),
     };
     let udp_len = udp.header_len() + payload.len();
+    // What the length fields can express: IPv4's total length, IPv6's
+    // payload length (no jumbograms).
+    let max_udp_len = if src.is_ipv4() {
+        usize::from(u16::MAX) - 20
+    } else {
+        usize::from(u16::MAX)
+    };
+    if udp_len > max_udp_len {
+        return None;
+    }
     let caps = ChecksumCapabilities::default();
     let (src_ip, dst_ip): (IpAddress, IpAddress) = (src.ip().into(), dst.ip().into());
     let l4_offset = match (src.ip(), dst.ip()) {
@@ -277,6 +288,13 @@ mod write_tests {
         let v4: SocketAddr = "10.0.2.2:7".parse().unwrap();
         let v6: SocketAddr = "[fd00:2::2]:7".parse().unwrap();
         assert!(write_udp(&mut buf, v4, v6, b"x").is_none());
+        // The largest payloads the length fields can carry, and one more.
+        let v4b: SocketAddr = "10.0.1.1:9".parse().unwrap();
+        let v6b: SocketAddr = "[fd00:1::1]:9".parse().unwrap();
+        assert!(write_udp(&mut buf, v4, v4b, &vec![0; 65_507]).is_some());
+        assert!(write_udp(&mut buf, v4, v4b, &vec![0; 65_508]).is_none());
+        assert!(write_udp(&mut buf, v6, v6b, &vec![0; 65_527]).is_some());
+        assert!(write_udp(&mut buf, v6, v6b, &vec![0; 65_528]).is_none());
     }
 
     #[test]

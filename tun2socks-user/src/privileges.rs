@@ -32,7 +32,13 @@ struct CapData {
 /// sets.
 pub fn drop_to_runtime_set() -> io::Result<()> {
     let keep = 1u32 << CAP_NET_ADMIN;
-    let (mut header, mut data) = (CapHeader { version: CAPABILITY_VERSION_3, pid: 0 }, [CapData::default(); 2]);
+    let (mut header, mut data) = (
+        CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        },
+        [CapData::default(); 2],
+    );
     // SAFETY: capget fills a v3 header and two data words we own.
     check(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
     let held = data[0].permitted & keep;
@@ -54,7 +60,14 @@ pub fn drop_to_runtime_set() -> io::Result<()> {
     }
     // SAFETY: prctl with integer arguments only.
     check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) } as libc::c_long)?;
-    let data = [CapData { effective: held, permitted: held, inheritable: 0 }, CapData::default()];
+    let data = [
+        CapData {
+            effective: held,
+            permitted: held,
+            inheritable: 0,
+        },
+        CapData::default(),
+    ];
     // SAFETY: capset reads a v3 header and two data words.
     check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) })?;
     // SAFETY: prctl with integer arguments only.
@@ -64,14 +77,24 @@ pub fn drop_to_runtime_set() -> io::Result<()> {
 
 /// The calling thread's effective capability bits (low word, high word).
 pub fn effective() -> io::Result<u64> {
-    let (mut header, mut data) = (CapHeader { version: CAPABILITY_VERSION_3, pid: 0 }, [CapData::default(); 2]);
+    let (mut header, mut data) = (
+        CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        },
+        [CapData::default(); 2],
+    );
     // SAFETY: as above.
     check(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
     Ok(u64::from(data[0].effective) | u64::from(data[1].effective) << 32)
 }
 
 fn check(rc: libc::c_long) -> io::Result<()> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -85,7 +108,11 @@ mod tests {
             let before = effective().unwrap();
             drop_to_runtime_set().unwrap();
             let after = effective().unwrap();
-            assert_eq!(after, before & (1 << CAP_NET_ADMIN), "before {before:#x} after {after:#x}");
+            assert_eq!(
+                after,
+                before & (1 << CAP_NET_ADMIN),
+                "before {before:#x} after {after:#x}"
+            );
         })
         .join()
         .unwrap();

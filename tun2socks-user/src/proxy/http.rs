@@ -66,23 +66,37 @@ fn request(target: &Target, credentials: Option<&Credentials>) -> String {
 }
 
 /// Reads exactly the response head (through the blank line), nothing more.
+///
+/// Each round peeks at what is there. Without the end of the head in it,
+/// all of it is head: it is consumed, so that the next peek waits for new
+/// bytes instead of returning the same ones at once (a busy loop).
 async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HttpConnectError> {
+    let mut head = Vec::new();
     let mut peeked = vec![0u8; MAX_HEAD];
     loop {
-        let n = stream.peek(&mut peeked).await?;
+        let room = MAX_HEAD - head.len();
+        if room == 0 {
+            return Err(HttpConnectError::HeadTooLong);
+        }
+        let n = stream.peek(&mut peeked[..room]).await?;
         if n == 0 {
             return Err(HttpConnectError::Closed);
         }
-        if let Some(end) = find_head_end(&peeked[..n]) {
-            let mut head = vec![0u8; end];
-            stream.read_exact(&mut head).await?;
+        // The blank line may straddle what we consumed and what is new.
+        let seen = head.len();
+        let searched_from = seen.saturating_sub(3);
+        let mut window = head[searched_from..].to_vec();
+        window.extend_from_slice(&peeked[..n]);
+        let take = match find_head_end(&window) {
+            Some(end) => end - (seen - searched_from),
+            None => n,
+        };
+        let start = head.len();
+        head.resize(start + take, 0);
+        stream.read_exact(&mut head[start..]).await?;
+        if head.ends_with(b"\r\n\r\n") {
             return Ok(head);
         }
-        if n == MAX_HEAD {
-            return Err(HttpConnectError::HeadTooLong);
-        }
-        // Not complete yet: wait for more than we have already seen.
-        stream.readable().await?;
     }
 }
 
@@ -175,6 +189,45 @@ mod tests {
             let mut banner = [0u8; 12];
             stream.read_exact(&mut banner).await.unwrap();
             assert_eq!(&banner, b"220 banner\r\n");
+            drop(server.await.unwrap());
+        });
+    }
+}
+
+#[cfg(test)]
+mod slow_proxy_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A head that arrives in pieces, the blank line split across them.
+    #[test]
+    fn head_in_pieces_is_read_exactly() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut req = vec![0u8; 1024];
+                let _ = s.read(&mut req).await.unwrap();
+                for piece in [&b"HTTP/1.1 200 OK\r\nVia: x\r"[..], b"\n\r", b"\nbanner"] {
+                    s.write_all(piece).await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                }
+                s
+            });
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let started = std::time::Instant::now();
+            connect(&mut stream, &Target::Ip("10.0.2.2:25".parse().unwrap()), None)
+                .await
+                .unwrap();
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+            let mut banner = [0u8; 6];
+            stream.read_exact(&mut banner).await.unwrap();
+            assert_eq!(&banner, b"banner");
             drop(server.await.unwrap());
         });
     }

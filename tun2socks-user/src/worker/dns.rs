@@ -53,18 +53,17 @@ pub fn over_tcp(shared: &Rc<Shared>, key: FlowKey, server: SocketAddr, query: &[
         shared.dns_stats.borrow_mut().dropped += 1;
         return;
     }
-    shared.dns_in_flight.set(in_flight + 1);
     shared.dns_stats.borrow_mut().sent_over_tcp += 1;
-    let shared = shared.clone();
+    let slot = InFlight::take(shared.clone());
     tokio::task::spawn_local(async move {
-        match ask(&shared, server, &framed).await {
-            Ok(answer) => reply(&shared, key.dest, key.client, &answer),
+        let shared = &slot.0;
+        match ask(shared, server, &framed).await {
+            Ok(answer) => reply(shared, key.dest, key.client, &answer),
             Err(error) => {
                 debug!(%server, %error, "DNS over TCP failed");
                 shared.dns_stats.borrow_mut().failed += 1;
             }
         }
-        shared.dns_in_flight.set(shared.dns_in_flight.get() - 1);
     });
 }
 
@@ -86,6 +85,23 @@ async fn ask(shared: &Shared, server: SocketAddr, framed: &[u8]) -> anyhow::Resu
     tokio::time::timeout(ANSWER_TIMEOUT, read_answer)
         .await
         .map_err(|_| anyhow::anyhow!("no answer in {ANSWER_TIMEOUT:?}"))?
+}
+
+/// One of the worker's in-flight query slots, given back when the query's
+/// task ends, however it ends.
+struct InFlight(Rc<Shared>);
+
+impl InFlight {
+    fn take(shared: Rc<Shared>) -> InFlight {
+        shared.dns_in_flight.set(shared.dns_in_flight.get() + 1);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dns_in_flight.set(self.0.dns_in_flight.get() - 1);
+    }
 }
 
 fn reply(shared: &Shared, from: SocketAddr, to: SocketAddr, answer: &[u8]) {

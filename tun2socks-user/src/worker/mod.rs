@@ -224,11 +224,18 @@ async fn run(
         }
     }
     let last = snapshot(&shared);
-    debug!(tcp = last.tcp_sessions, udp = last.udp_sessions, "worker stopping, resetting open sessions");
+    debug!(
+        tcp = last.tcp_sessions,
+        udp = last.udp_sessions,
+        "worker stopping, resetting open sessions"
+    );
     shared.stack.borrow_mut().abort_all();
     shared.udp.borrow_mut().clear();
     // The resets just sent count too.
-    Ok(WorkerSnapshot { stats: snapshot(&shared).stats, ..last })
+    Ok(WorkerSnapshot {
+        stats: snapshot(&shared).stats,
+        ..last
+    })
 }
 
 fn snapshot(shared: &Shared) -> WorkerSnapshot {
@@ -237,7 +244,11 @@ fn snapshot(shared: &Shared) -> WorkerSnapshot {
     let mut stats = stack.stats.clone();
     stats.udp = udp.stats.clone();
     stats.dns = shared.dns_stats.borrow().clone();
-    WorkerSnapshot { stats, tcp_sessions: stack.live_sessions(), udp_sessions: udp.live_sessions() }
+    WorkerSnapshot {
+        stats,
+        tcp_sessions: stack.live_sessions(),
+        udp_sessions: udp.live_sessions(),
+    }
 }
 
 fn ingress(shared: &Rc<Shared>, packet: &mut [u8]) {
