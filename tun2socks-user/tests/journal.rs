@@ -15,15 +15,12 @@ use std::time::{Duration, Instant};
 
 use tun2socks::device::tun::open_queues;
 use tun2socks::journal::{self, Journal, JournalError, JournalRecord};
-use tun2socks::setup::{self, Change, ExistingDevice, Recorder, RouteKind, RouteSpec, RuleSpec, SetupPlan};
+use tun2socks::setup::{self, Change, ExistingDevice, Recorder, RouteKind, RouteSpec, RuleSpec};
 
 mod common;
 use common::*;
 
 const TUN: &str = "t2sjrn0";
-const MARK: u32 = 0x2d;
-const TABLE: u32 = 100;
-const PRIORITY: u32 = 1000;
 /// What the full plan changes on a fresh device: MTU, 2 addresses, link
 /// up, 6 routes (3 per family) and 6 rules.
 const ALL_CHANGES: usize = 16;
@@ -55,19 +52,6 @@ fn adopted_tun() {
     ip(&format!("link set {TUN} up"));
     ip(&format!("link set {TUN} down"));
     drop(queue);
-}
-
-fn full_plan() -> SetupPlan {
-    SetupPlan {
-        device: TUN.to_string(),
-        mtu: 1400,
-        addresses: nets(&["198.18.0.1/30", "fd00:18::1/64"]),
-        routes: nets(&["0.0.0.0/0", "::/0", "10.20.0.0/16", "fd00:20::/32"]),
-        bypass: nets(&["10.20.9.0/24", "fd00:20:9::/48"]),
-        fwmark: MARK,
-        table: TABLE,
-        rule_priority: PRIORITY,
-    }
 }
 
 /// A journal directory of its own, removed on drop.
@@ -167,7 +151,7 @@ fn crash_child() {
             stop_after,
             ready: dir.join(READY),
         };
-        let applied = setup::apply_with(&full_plan(), &mut recorder).await.unwrap();
+        let applied = setup::apply_with(&full_plan(TUN), &mut recorder).await.unwrap();
         std::mem::forget(applied);
         std::mem::forget(queues);
         ready_and_wait(&dir.join(READY));
@@ -328,7 +312,7 @@ fn the_journal_lists_the_changes_in_order_and_is_always_a_complete_document() {
             journal: &mut journal,
             expected: Vec::new(),
         };
-        let applied = setup::apply_with(&full_plan(), &mut checked).await.unwrap();
+        let applied = setup::apply_with(&full_plan(TUN), &mut checked).await.unwrap();
         let record = JournalRecord::read(&path).unwrap();
         assert_eq!(record.changes, applied.changes(), "journal and apply agree");
         assert_eq!(record.ifindex, Some(applied.ifindex()));
@@ -486,7 +470,7 @@ fn recorded_changes_that_were_never_made_are_tolerated_on_any_device() {
         // against it, and the never-made ones are "already gone".
         let queues = open_queues(TUN, 1).unwrap();
         let mut journal = Journal::create(&dir.0, TUN, false).unwrap();
-        let applied = setup::apply_with(&full_plan(), &mut journal).await.unwrap();
+        let applied = setup::apply_with(&full_plan(TUN), &mut journal).await.unwrap();
         std::mem::forget(applied);
         for change in never_made() {
             journal.before(&change).unwrap();
@@ -505,7 +489,7 @@ fn recorded_changes_that_were_never_made_are_tolerated_on_any_device() {
         let before = snapshot();
         let queues = open_queues(TUN, 1).unwrap();
         let mut journal = Journal::create(&dir.0, TUN, true).unwrap();
-        let applied = setup::apply_with(&full_plan(), &mut journal).await.unwrap();
+        let applied = setup::apply_with(&full_plan(TUN), &mut journal).await.unwrap();
         std::mem::forget(applied);
         for change in never_made()
             .into_iter()
@@ -562,7 +546,7 @@ fn a_running_owners_journal_is_left_alone_and_its_device_refused() {
         let dir = TempDir::new();
         let _queues = open_queues(TUN, 1).unwrap();
         let mut journal = Journal::create(&dir.0, TUN, true).unwrap();
-        let applied = setup::apply_with(&full_plan(), &mut journal).await.unwrap();
+        let applied = setup::apply_with(&full_plan(TUN), &mut journal).await.unwrap();
         let configured = settled_snapshot();
 
         let report = journal::cleanup(&dir.0).await.unwrap();
@@ -644,7 +628,7 @@ fn a_journal_of_a_vanished_namespace_or_another_boot_is_discarded_untouched() {
         let dir = TempDir::new();
         let _queues = open_queues(TUN, 1).unwrap();
         let mut journal = Journal::create(&dir.0, TUN, true).unwrap();
-        let applied = setup::apply_with(&full_plan(), &mut journal).await.unwrap();
+        let applied = setup::apply_with(&full_plan(TUN), &mut journal).await.unwrap();
         let configured = settled_snapshot();
         let path = journal.path().to_path_buf();
         drop(journal);

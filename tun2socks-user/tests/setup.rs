@@ -16,9 +16,6 @@ mod common;
 use common::*;
 
 const TUN: &str = "t2stest0";
-const MARK: u32 = 0x2d;
-const TABLE: u32 = 100;
-const PRIORITY: u32 = 1000;
 
 /// The first time a device goes up, the kernel attaches its default qdisc
 /// (`noop` becomes `mq`) and, TUN having no hardware address, switches
@@ -28,19 +25,6 @@ const PRIORITY: u32 = 1000;
 fn first_up_done(device: &str) {
     ip(&format!("link set {device} up"));
     ip(&format!("link set {device} down"));
-}
-
-fn full_plan() -> SetupPlan {
-    SetupPlan {
-        device: TUN.to_string(),
-        mtu: 1400,
-        addresses: nets(&["198.18.0.1/30", "fd00:18::1/64"]),
-        routes: nets(&["0.0.0.0/0", "::/0", "10.20.0.0/16", "fd00:20::/32"]),
-        bypass: nets(&["10.20.9.0/24", "fd00:20:9::/48"]),
-        fwmark: MARK,
-        table: TABLE,
-        rule_priority: PRIORITY,
-    }
 }
 
 /// The device `ip route get` picks for `addr`, for traffic with `mark`.
@@ -64,7 +48,7 @@ fn routes_unmarked_traffic_into_the_device_and_marked_traffic_around_it() {
     in_private_netns(|| async {
         lan();
         let _queues = open_queues(TUN, 2).unwrap();
-        let applied = setup::apply(&full_plan()).await.unwrap();
+        let applied = setup::apply(&full_plan(TUN)).await.unwrap();
 
         let into_tun = |addr| assert_eq!(route_dev(addr, None), TUN, "unmarked {addr}");
         let around_tun = |addr, mark| assert_eq!(route_dev(addr, mark), "lan0", "{addr} mark {mark:?}");
@@ -117,7 +101,7 @@ fn specific_routes_of_one_family_add_two_rules_and_nothing_for_the_other() {
         let plan = SetupPlan {
             routes: nets(&["10.20.0.0/16"]),
             bypass: nets(&["10.20.9.0/24", "fd00:20:9::/48"]),
-            ..full_plan()
+            ..full_plan(TUN)
         };
         let applied = setup::apply(&plan).await.unwrap();
         assert_eq!(route_dev("10.20.1.1", None), TUN);
@@ -138,7 +122,7 @@ fn undo_restores_everything_while_the_device_still_exists() {
         let _queues = open_queues(TUN, 2).unwrap();
         first_up_done(TUN);
         let before = snapshot();
-        let applied = setup::apply(&full_plan()).await.unwrap();
+        let applied = setup::apply(&full_plan(TUN)).await.unwrap();
         assert_ne!(snapshot(), before);
         applied.undo().await.unwrap();
         assert_same(&before, &snapshot());
@@ -151,7 +135,7 @@ fn undo_restores_everything_after_the_device_went_away() {
         lan();
         let before = snapshot();
         let queues = open_queues(TUN, 2).unwrap();
-        let applied = setup::apply(&full_plan()).await.unwrap();
+        let applied = setup::apply(&full_plan(TUN)).await.unwrap();
         drop(queues);
         wait_until_absent(TUN).await;
         applied.undo().await.unwrap();
@@ -168,7 +152,7 @@ fn failing_midway_at_a_route_rolls_back() {
         // Someone else's route where our bypass route goes.
         ip("route add throw 10.20.9.0/24 table 100");
         let before = snapshot();
-        let err = setup::apply(&full_plan()).await.unwrap_err();
+        let err = setup::apply(&full_plan(TUN)).await.unwrap_err();
         assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
         assert!(err.to_string().contains("10.20.9.0/24 table 100"), "{err}");
         assert_same(&before, &snapshot());
@@ -184,7 +168,7 @@ fn failing_at_the_last_rule_rolls_back() {
         // The very last change apply makes already exists.
         ip("-6 rule add priority 1002 not fwmark 0x2d lookup 100");
         let before = snapshot();
-        let err = setup::apply(&full_plan()).await.unwrap_err();
+        let err = setup::apply(&full_plan(TUN)).await.unwrap_err();
         assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
         assert!(err.to_string().contains("IPv6 rule 1002"), "{err}");
         assert_same(&before, &snapshot());
@@ -196,11 +180,11 @@ fn apply_refuses_a_missing_device_and_a_bad_plan_without_changing_anything() {
     in_private_netns(|| async {
         lan();
         let before = snapshot();
-        let err = setup::apply(&full_plan()).await.unwrap_err();
+        let err = setup::apply(&full_plan(TUN)).await.unwrap_err();
         assert!(matches!(err, SetupError::NoDevice(ref d) if d == TUN), "{err}");
         let bad = SetupPlan {
             fwmark: 0,
-            ..full_plan()
+            ..full_plan(TUN)
         };
         assert!(matches!(setup::apply(&bad).await, Err(SetupError::InvalidPlan(_))));
         assert_same(&before, &snapshot());

@@ -10,7 +10,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tun2socks::setup::{self, ExistingDevice};
+use tun2socks::setup::{self, ExistingDevice, SetupPlan};
+
+pub const MARK: u32 = 0x2d;
+pub const TABLE: u32 = 100;
+pub const PRIORITY: u32 = 1000;
 
 /// Runs `body` on a new thread in a new, empty network namespace, on a
 /// current-thread tokio runtime. Panics in `body` fail the test.
@@ -150,4 +154,19 @@ pub async fn wait_until_absent(device: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{device} still exists 3s after its queues were closed");
+}
+
+/// Every kind of change on `device`: MTU, addresses of both families, a
+/// default and a specific route per family, a bypass per family.
+pub fn full_plan(device: &str) -> SetupPlan {
+    SetupPlan {
+        device: device.to_string(),
+        mtu: 1400,
+        addresses: nets(&["198.18.0.1/30", "fd00:18::1/64"]),
+        routes: nets(&["0.0.0.0/0", "::/0", "10.20.0.0/16", "fd00:20::/32"]),
+        bypass: nets(&["10.20.9.0/24", "fd00:20:9::/48"]),
+        fwmark: MARK,
+        table: TABLE,
+        rule_priority: PRIORITY,
+    }
 }
