@@ -104,8 +104,10 @@ pub fn echo(lab: &Lab, to: SocketAddr, count: u64, max_size: usize) -> Result<St
     );
     ensure!(
         received == sent,
-        "{} of {sent} datagrams to {to} were lost (0 expected on veths): {summary}",
-        sent - received
+        "{} of {sent} datagrams to {to} were lost (0 expected on veths): {summary}; \
+         kernel UDP drops: {}",
+        sent - received,
+        lab.udp_error_report()
     );
     Ok(summary)
 }

@@ -62,6 +62,19 @@ impl Netns {
         cmd
     }
 
+    /// The kernel's nonzero UDP error counters in this namespace
+    /// (`/proc/net/snmp` and `snmp6`: receive-buffer overflows, no port, ...),
+    /// as `Name=value` pairs. Tells which hop dropped a datagram.
+    pub fn udp_errors(&self) -> Result<Vec<(String, u64)>> {
+        let out = self
+            .command("cat")
+            .args(["/proc/net/snmp", "/proc/net/snmp6"])
+            .stdin(Stdio::null())
+            .output()
+            .context("reading /proc/net/snmp")?;
+        Ok(udp_errors(&String::from_utf8_lossy(&out.stdout)))
+    }
+
     /// Pids of the processes running in the namespace.
     pub fn pids(&self) -> Result<Vec<i32>> {
         let out = ip(&["netns", "pids", &self.name])?;
@@ -100,6 +113,43 @@ pub fn ip(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The nonzero error counters of UDP (`Udp:` header/value line pairs of
+/// `snmp`) and UDPv6 (`Udp6...` lines of `snmp6`).
+fn udp_errors(text: &str) -> Vec<(String, u64)> {
+    let mut counters = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.windows(2) {
+        let (Some(names), Some(values)) = (pair[0].strip_prefix("Udp: "), pair[1].strip_prefix("Udp: ")) else {
+            continue;
+        };
+        if names
+            .split_whitespace()
+            .next()
+            .is_some_and(|n| n.parse::<u64>().is_err())
+        {
+            counters.extend(
+                names
+                    .split_whitespace()
+                    .zip(values.split_whitespace())
+                    .map(|(n, v)| (format!("Udp{n}"), v)),
+            );
+        }
+    }
+    for line in &lines {
+        if let Some((name, value)) = line.split_once(char::is_whitespace)
+            && name.starts_with("Udp6")
+        {
+            counters.push((name.to_owned(), value.trim()));
+        }
+    }
+    counters
+        .into_iter()
+        .filter(|(name, _)| name.contains("Errors") || name.contains("NoPorts"))
+        .filter_map(|(name, value)| Some((name, value.parse().ok()?)))
+        .filter(|&(_, value)| value > 0)
+        .collect()
+}
+
 /// Names of all named namespaces on the machine.
 pub fn list() -> Result<Vec<String>> {
     let out = ip(&["netns", "list"])?;
@@ -108,4 +158,24 @@ pub fn list() -> Result<Vec<String>> {
         .filter_map(|line| line.split_whitespace().next())
         .map(str::to_owned)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_errors_of_both_families() {
+        let text = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\nUdp: 10 0 3 9 3\n\
+                    UdpLite: InDatagrams NoPorts\nUdpLite: 0 5\nUdp6InDatagrams   4\nUdp6RcvbufErrors \t2\n";
+        let errors = udp_errors(text);
+        assert_eq!(
+            errors,
+            [
+                ("UdpInErrors".into(), 3),
+                ("UdpRcvbufErrors".into(), 3),
+                ("Udp6RcvbufErrors".into(), 2)
+            ]
+        );
+    }
 }

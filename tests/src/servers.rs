@@ -49,6 +49,13 @@ pub fn hello_url(v6: bool) -> String {
     }
 }
 
+/// Receive buffers for dante's UDP relay sockets. dante relays a whole
+/// association in one process, and with the default buffer (208 KiB, about a
+/// dozen 9000-byte datagrams by truesize) a few milliseconds of scheduling
+/// delay on a loaded two-core machine overflowed it (`UdpRcvbufErrors` in the
+/// proxy namespace). The kernel caps this at `net.core.rmem_max`.
+const UDP_BUFFERS: &str = "internal.socket.so_rcvbuf: 4194304\n  external.socket.so_rcvbuf: 4194304";
+
 impl Lab {
     /// dante-server on 10.0.1.2 and fd00:1::2 port 1080, no authentication,
     /// going out from 10.0.2.1 / fd00:2::1. It refuses connections to
@@ -70,8 +77,14 @@ user.unprivileged: nobody
 client pass {{ from: 0/0 to: 0/0 log: error }}
 socks block {{ from: 0/0 to: {srv4}/32 port = {blocked} log: connect error }}
 socks block {{ from: 0/0 to: {srv6}/128 port = {blocked} log: connect error }}
+socks pass {{
+  from: 0/0 to: 0/0 log: error
+  command: udpassociate udpreply
+  {udp_buffers}
+}}
 socks pass {{ from: 0/0 to: 0/0 log: error }}
 ",
+            udp_buffers = UDP_BUFFERS,
             proxy4 = addr::PROXY_V4,
             proxy6 = addr::PROXY_V6,
             dante = port::DANTE,

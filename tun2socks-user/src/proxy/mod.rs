@@ -383,6 +383,9 @@ fn marked_socket(peer: SocketAddr, fwmark: u32) -> Result<TcpSocket, UpstreamErr
     Ok(TcpSocket::from_std_stream(socket.into()))
 }
 
+/// Receive buffer asked for on each UDP relay socket.
+const UDP_RECV_BUFFER: usize = 1 << 20;
+
 fn marked_udp_socket(bind: SocketAddr, fwmark: u32) -> Result<UdpSocket, UpstreamError> {
     let socket = Socket::new(
         Domain::for_address(bind),
@@ -393,6 +396,11 @@ fn marked_udp_socket(bind: SocketAddr, fwmark: u32) -> Result<UdpSocket, Upstrea
     if fwmark != 0 {
         socket.set_mark(fwmark).map_err(UpstreamError::Mark)?;
     }
+    // The worker drains this socket between batches of TCP work; the default
+    // buffer (208 KiB, a dozen jumbo datagrams by truesize) overflows if a
+    // burst of replies arrives during one busy batch. Memory is only charged
+    // for what is queued; the kernel caps the size at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
     socket.bind(&bind.into()).map_err(UpstreamError::Udp)?;
     UdpSocket::from_std(socket.into()).map_err(UpstreamError::Udp)
 }
