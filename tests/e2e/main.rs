@@ -14,6 +14,7 @@ mod curl; // 1. curl via dante and microsocks, IPv4 and IPv6
 mod dns; // issue 3: 3. dig in udp and over-tcp modes, 4. fake-ip by name
 mod errors; // one-line errors for bad configurations
 mod lab_check; // the lab alone, without the daemon
+mod limits; // issue 6: session and buffer-memory limits refuse, log once, recover
 mod ops; // issue 7: metrics, stats, --no-setup, single-queue device, http and direct upstreams, unit capabilities
 mod refusal; // 4. refused destinations are refused fast
 mod robust_input; // issue 6: malformed packets, SYN flood

@@ -18,7 +18,9 @@ use lab::servers::dante_url;
 use lab::topology::{addr, port};
 use lab::{Daemon, Lab, Snapshot};
 
-use crate::support::{expect_clean_exit, expect_hello, expect_refused, in_lab, probe, srv, xfer};
+use crate::support::{
+    expect_clean_exit, expect_hello, expect_refused, in_lab, probe, probe_in_background, srv, stats_total, xfer,
+};
 
 /// Where the daemon serves metrics inside `app`.
 const METRICS: &str = "127.0.0.1:9464";
@@ -136,13 +138,6 @@ fn check_exposition(text: &str) -> Result<()> {
     }
     ensure!(samples > 0, "no samples in:\n{text}");
     Ok(())
-}
-
-/// `t2s-probe ARGS...` in `app`, running in the background (killed on drop).
-fn probe_in_background(lab: &Lab, name: &str, args: &[&str]) -> Result<Process> {
-    let mut cmd = lab.app().command(&probe().to_string_lossy());
-    cmd.args(args);
-    Process::spawn(name, cmd, &lab.log_path(name))
 }
 
 /// Waits (bounded) for a background probe to exit 0.
@@ -268,7 +263,7 @@ fn stats_show_live_sessions() -> Result<()> {
         let table = loop {
             let table = stats()?;
             // Live and connected (a held connection request counts as live).
-            if total(&table, "tcp_sessions")? >= 1 && total(&table, "flows_accepted")? >= 1 {
+            if stats_total(&table, "tcp_sessions")? >= 1 && stats_total(&table, "flows_accepted")? >= 1 {
                 break table;
             }
             ensure!(
@@ -310,21 +305,6 @@ fn stats_show_live_sessions() -> Result<()> {
         );
         Ok(())
     })
-}
-
-/// The total column of a `tun2socks stats` row.
-fn total(table: &str, key: &str) -> Result<u64> {
-    let row = table
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(key))
-        .with_context(|| format!("no {key} row in:\n{table}"))?;
-    let cells: Vec<&str> = row.split_whitespace().collect();
-    // key, one cell per worker (2), total.
-    cells
-        .get(3)
-        .with_context(|| format!("short row {row:?}"))?
-        .parse()
-        .with_context(|| format!("row {row:?}"))
 }
 
 fn script() -> PathBuf {

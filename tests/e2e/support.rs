@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use lab::process::Process;
 use lab::{Daemon, DaemonExit, Lab, Netns};
 
 /// The probe binary cargo built for these tests.
@@ -170,4 +171,31 @@ pub fn expect_hello(lab: &Lab, v6: bool) -> Result<()> {
     let body = lab.curl(&url)?;
     ensure!(body == lab.hello_body(), "curl {url}: unexpected body {body:?}");
     Ok(())
+}
+
+/// `t2s-probe ARGS...` in `app`, running in the background (killed on drop).
+pub fn probe_in_background(lab: &Lab, name: &str, args: &[&str]) -> Result<Process> {
+    let mut cmd = lab.app().command(&probe().to_string_lossy());
+    cmd.args(args);
+    Process::spawn(name, cmd, &lab.log_path(name))
+}
+
+/// `tun2socks stats --netns <app>`: the table of the running daemon.
+pub fn stats_table(lab: &Lab) -> Result<String> {
+    let mut cmd = std::process::Command::new(Daemon::binary()?);
+    cmd.args(["stats", "--netns", lab.app().name()]);
+    lab::process::checked_output(cmd, Duration::from_secs(10))
+}
+
+/// The total (last) column of a `tun2socks stats` row.
+pub fn stats_total(table: &str, key: &str) -> Result<u64> {
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .with_context(|| format!("no {key} row in:\n{table}"))?;
+    row.split_whitespace()
+        .last()
+        .with_context(|| format!("short row {row:?}"))?
+        .parse()
+        .with_context(|| format!("row {row:?}"))
 }

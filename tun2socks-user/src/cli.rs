@@ -116,6 +116,11 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(4096..=16_777_216))]
     pub tcp_buffer: u32,
 
+    /// Memory for TCP socket buffers in all, in bytes (split evenly over the workers). Connections get
+    /// --tcp-buffer each way while it lasts, then smaller buffers (down to 4 KiB), then a reset.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(65_536..))]
+    pub buffer_memory: u64,
+
     /// TCP connections in all (split evenly over the workers); more are refused with a reset.
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tcp_sessions: u32,

@@ -364,6 +364,7 @@ async fn run_workers(
         tcp_tx_buffer: cli.tcp_buffer as usize,
         max_half_open: cli.max_half_open,
         max_sessions: (cli.max_tcp_sessions as usize / queues.len()).max(1),
+        buffer_memory: (cli.buffer_memory as usize / queues.len()).max(1),
     };
     let workers = queues.len();
     // Steering keeps each source endpoint on one worker, so an even split of

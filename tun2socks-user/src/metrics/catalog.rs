@@ -65,6 +65,14 @@ pub const SERIES: &[Series] = &[
         label: None,
         get: |s| s.udp_sessions as u64,
     },
+    Series {
+        key: "tcp_buffer_bytes",
+        family: "tcp_buffer_bytes",
+        help: "TCP socket buffer capacity handed out, bounded by --buffer-memory (pages are used only as data passes).",
+        kind: Kind::Gauge,
+        label: None,
+        get: |s| s.tcp_buffer_bytes as u64,
+    },
     counter("packets_in", "packets", PACKETS, Some(("direction", "in")), |s| {
         s.stats.packets_in
     }),
@@ -97,6 +105,13 @@ pub const SERIES: &[Series] = &[
         REFUSED,
         Some(("reason", "session_limit")),
         |s| s.stats.tcp_over_limit,
+    ),
+    counter(
+        "tcp_over_memory",
+        "tcp_sessions_refused",
+        REFUSED,
+        Some(("reason", "buffer_memory")),
+        |s| s.stats.tcp_over_memory,
     ),
     counter(
         "syn_over_budget",

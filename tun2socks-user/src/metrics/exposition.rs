@@ -171,6 +171,7 @@ mod tests {
             stats,
             tcp_sessions: 4,
             udp_sessions: 1,
+            tcp_buffer_bytes: 2 << 20,
         };
         let text = Scrape {
             version: "0.1.0",
@@ -189,6 +190,7 @@ mod tests {
             "tun2socks_packets_total{worker=\"0\",direction=\"in\"} 10",
             "tun2socks_tcp_sessions_refused_total{worker=\"0\",reason=\"upstream\"} 2",
             "tun2socks_tcp_sessions{worker=\"0\"} 4",
+            "tun2socks_tcp_buffer_bytes{worker=\"0\"} 2097152",
             "tun2socks_worker_up{worker=\"1\"} 0",
             "tun2socks_upstream_connect_seconds_bucket{worker=\"0\",le=\"0.0025\"} 0",
             "tun2socks_upstream_connect_seconds_bucket{worker=\"0\",le=\"0.005\"} 1",

@@ -226,6 +226,7 @@ mod tests {
             },
             tcp_sessions: 2,
             udp_sessions: 0,
+            tcp_buffer_bytes: 0,
         };
         Report {
             version: "0.1.0".into(),

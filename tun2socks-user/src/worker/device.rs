@@ -36,10 +36,14 @@ pub fn capabilities(mtu: usize) -> DeviceCapabilities {
 }
 
 /// A device that yields at most one received packet: the one the worker
-/// has just classified (`None` for egress only).
+/// has just classified (`None` for egress only), and transmits at most
+/// `tx_budget` packets.
 pub struct OnePacket<'a> {
     pub packet: Option<&'a mut [u8]>,
     pub tx: TxPath<'a>,
+    /// Packets this device may still transmit; at zero smoltcp is told the
+    /// device is busy and leaves the rest for a later poll.
+    pub tx_budget: usize,
 }
 
 pub struct RxToken<'a>(&'a mut [u8]);
@@ -86,6 +90,7 @@ impl phy::Device for OnePacket<'_> {
     }
 
     fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
+        self.tx_budget = self.tx_budget.checked_sub(1)?;
         Some(TxToken(self.tx.reborrow()))
     }
 

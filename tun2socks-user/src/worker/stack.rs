@@ -16,7 +16,9 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, Ipv4Address, Ipv6Address};
 
+use super::budget::BufferBudget;
 use super::device::{OnePacket, TxPath};
+use super::limit_log::{Limit, LimitLog};
 use super::stats::WorkerStats;
 use crate::device::tun::TunQueue;
 use crate::packet::{Classified, FlowKey, classify};
@@ -36,14 +38,27 @@ pub struct StackConfig {
     pub max_half_open: usize,
     /// TCP sessions (held, open or closing) per worker.
     pub max_sessions: usize,
+    /// Bytes of TCP socket buffer capacity per worker.
+    pub buffer_memory: usize,
 }
 
 enum Flow {
     /// Upstream connect in progress; the application's SYN, kept for replay.
     Pending {
         syn: Box<[u8]>,
+        /// Buffer size reserved for each direction (0: to be refused).
+        buffer: usize,
     },
     Open(SocketHandle),
+}
+
+/// How an egress call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    /// Every socket sent what it could.
+    Done,
+    /// The packet budget ran out first.
+    BudgetSpent,
 }
 
 /// What the worker must do with a packet after the stack has seen it.
@@ -72,6 +87,8 @@ pub struct Stack {
     pub stats: WorkerStats,
     config: StackConfig,
     half_open: usize,
+    budget: BufferBudget,
+    limits: LimitLog,
     /// Shutting down: connection requests are refused at once.
     draining: bool,
     epoch: std::time::Instant,
@@ -91,6 +108,7 @@ impl Stack {
                 buf: &mut tx_buf,
                 stats: &mut stats,
             },
+            tx_budget: usize::MAX,
         };
         let mut iface = Interface::new(iface_config, &mut device, Instant::ZERO);
         // Any-IP: every destination is ours to terminate. smoltcp still wants
@@ -111,8 +129,10 @@ impl Stack {
             tun,
             tx_buf,
             stats,
+            budget: BufferBudget::new(config.buffer_memory, config.tcp_rx_buffer, config.max_sessions),
             config,
             half_open: 0,
+            limits: LimitLog::default(),
             draining: false,
             epoch,
         }
@@ -178,25 +198,52 @@ impl Stack {
         let over_limit = self.flows.len() >= self.config.max_sessions;
         if over_limit {
             self.stats.tcp_over_limit += 1;
+            self.limits.hit(Limit::TcpSessions);
         }
         if self.draining || over_limit {
-            self.half_open += 1;
-            self.flows.insert(key, Flow::Pending { syn: syn.into() });
-            self.refuse(key);
+            self.refuse_now(key, syn);
             return Ingress::Done;
         }
         if self.half_open >= self.config.max_half_open {
             self.stats.syn_over_budget += 1;
+            self.limits.hit(Limit::HalfOpen);
             return Ingress::Done;
         }
+        // Memory is settled before the upstream is asked for anything.
+        let Some(buffer) = self.budget.reserve(self.flows.len()) else {
+            self.stats.tcp_over_memory += 1;
+            self.limits.hit(Limit::BufferMemory);
+            self.refuse_now(key, syn);
+            return Ingress::Done;
+        };
         self.half_open += 1;
-        self.flows.insert(key, Flow::Pending { syn: syn.into() });
+        self.flows.insert(
+            key,
+            Flow::Pending {
+                syn: syn.into(),
+                buffer,
+            },
+        );
         Ingress::NewTcp(key)
     }
 
+    /// Answers a connection request with a reset at once.
+    fn refuse_now(&mut self, key: FlowKey, syn: &[u8]) {
+        self.half_open += 1;
+        self.flows.insert(
+            key,
+            Flow::Pending {
+                syn: syn.into(),
+                buffer: 0,
+            },
+        );
+        self.refuse(key);
+    }
+
     fn withdraw(&mut self, key: &FlowKey) {
-        if let Some(Flow::Pending { .. }) = self.flows.remove(key) {
+        if let Some(Flow::Pending { buffer, .. }) = self.flows.remove(key) {
             self.half_open -= 1;
+            self.budget.release(2 * buffer);
         }
     }
 
@@ -204,9 +251,10 @@ impl Stack {
     /// socket, which answers SYN-ACK on the next egress. `None` when the
     /// application withdrew its request meanwhile.
     pub fn accept(&mut self, key: FlowKey) -> Option<SocketHandle> {
-        let mut syn = self.take_pending(key)?;
-        let (rx, tx) = (self.config.tcp_rx_buffer, self.config.tcp_tx_buffer);
-        let handle = self.replay_syn(key, &mut syn, rx, tx)?;
+        let (mut syn, buffer) = self.take_pending(key)?;
+        // The reservation moves to the socket (released when it goes).
+        self.budget.release(2 * buffer);
+        let handle = self.replay_syn(key, &mut syn, buffer, buffer)?;
         let socket = self.tcp(handle);
         socket.set_nagle_enabled(false);
         self.flows.insert(key, Flow::Open(handle));
@@ -216,7 +264,10 @@ impl Stack {
 
     /// The upstream for `key` failed: answer the held SYN with a reset.
     pub fn refuse(&mut self, key: FlowKey) {
-        let Some(mut syn) = self.take_pending(key) else { return };
+        let Some((mut syn, buffer)) = self.take_pending(key) else {
+            return;
+        };
+        self.budget.release(2 * buffer);
         self.stats.flows_refused += 1;
         // A socket that accepts the SYN and is aborted before it ever
         // answers sends exactly one RST|ACK, acknowledging the SYN.
@@ -227,11 +278,11 @@ impl Stack {
         }
     }
 
-    fn take_pending(&mut self, key: FlowKey) -> Option<Box<[u8]>> {
+    fn take_pending(&mut self, key: FlowKey) -> Option<(Box<[u8]>, usize)> {
         match self.flows.remove(&key) {
-            Some(Flow::Pending { syn }) => {
+            Some(Flow::Pending { syn, buffer }) => {
                 self.half_open -= 1;
-                Some(syn)
+                Some((syn, buffer))
             }
             Some(open) => {
                 self.flows.insert(key, open);
@@ -252,15 +303,30 @@ impl Stack {
             port: key.dest.port(),
         };
         socket.listen(endpoint).ok()?;
+        self.budget.charge(rx + tx);
         let handle = self.sockets.add(socket);
         self.feed(syn);
         if self.tcp(handle).state() != tcp::State::SynReceived {
             // smoltcp rejected the SYN (bad checksum, bad options).
-            self.sockets.remove(handle);
+            self.remove_socket(handle);
             self.stats.dropped_malformed += 1;
             return None;
         }
         Some(handle)
+    }
+
+    /// Frees a socket and returns its buffers to the budget.
+    fn remove_socket(&mut self, handle: SocketHandle) {
+        let socket = self.sockets.remove(handle);
+        if let smoltcp::socket::Socket::Tcp(tcp) = socket {
+            self.budget.release(tcp.recv_capacity() + tcp.send_capacity());
+        }
+    }
+
+    /// Bytes of TCP buffer capacity the sockets hold (and held requests
+    /// have reserved).
+    pub fn buffer_bytes(&self) -> usize {
+        self.budget.reserved()
     }
 
     /// Marks a session's socket for removal once its last packet is out.
@@ -280,12 +346,18 @@ impl Stack {
                 buf: &mut self.tx_buf,
                 stats: &mut self.stats,
             },
+            // What one packet provokes (an ACK, a reset) is small.
+            tx_budget: usize::MAX,
         };
         self.iface.poll_ingress_single(now, &mut device, &mut self.sockets);
     }
 
-    /// Sends what the sockets have to send, then frees finished sockets.
-    pub fn egress(&mut self) {
+    /// Sends what the sockets have to send, at most `budget` packets, then
+    /// frees finished sockets. Returns whether the budget ran out (so more
+    /// may be waiting): the worker then lets its other tasks run before the
+    /// next call, which keeps a UDP reply or a DNS answer from waiting behind
+    /// a whole window of bulk TCP.
+    pub fn egress(&mut self, budget: usize) -> Egress {
         let now = self.now();
         let mut device = OnePacket {
             packet: None,
@@ -294,18 +366,27 @@ impl Stack {
                 buf: &mut self.tx_buf,
                 stats: &mut self.stats,
             },
+            tx_budget: budget,
         };
+        let mut outcome = Egress::Done;
         for _ in 0..MAX_EGRESS_ROUNDS {
-            if let PollResult::None = self.iface.poll_egress(now, &mut device, &mut self.sockets) {
+            let result = self.iface.poll_egress(now, &mut device, &mut self.sockets);
+            if device.tx_budget == 0 {
+                outcome = Egress::BudgetSpent;
+                break;
+            }
+            if let PollResult::None = result {
                 break;
             }
         }
         self.reap();
+        outcome
     }
 
     fn reap(&mut self) {
         let sockets = &mut self.sockets;
         let flows = &mut self.flows;
+        let budget = &mut self.budget;
         self.closing.retain(|&(key, handle)| {
             if !matches!(flows.get(&key), Some(Flow::Open(h)) if *h == handle) {
                 return false; // already reaped through another entry
@@ -318,7 +399,9 @@ impl Stack {
                 _ => false,
             };
             if done {
+                let capacity = socket.recv_capacity() + socket.send_capacity();
                 sockets.remove(handle);
+                budget.release(capacity);
                 flows.remove(&key);
             }
             !done
@@ -368,6 +451,6 @@ impl Stack {
             self.tcp(handle).abort();
             self.closing.push((key, handle));
         }
-        self.egress();
+        self.egress(usize::MAX);
     }
 }

@@ -22,6 +22,8 @@ pub struct WorkerStats {
     pub syn_over_budget: u64,
     /// Connection requests refused because --max-tcp-sessions was reached.
     pub tcp_over_limit: u64,
+    /// Connection requests refused because --buffer-memory was spent.
+    pub tcp_over_memory: u64,
     /// Non-SYN TCP packets for which this worker held no session: with
     /// working flow steering this stays 0 (a few are normal after resets).
     pub no_session_packets: u64,
@@ -46,6 +48,7 @@ impl WorkerStats {
         self.flows_refused += other.flows_refused;
         self.syn_over_budget += other.syn_over_budget;
         self.tcp_over_limit += other.tcp_over_limit;
+        self.tcp_over_memory += other.tcp_over_memory;
         self.no_session_packets += other.no_session_packets;
         self.dropped_malformed += other.dropped_malformed;
         self.dropped_unsupported += other.dropped_unsupported;
@@ -113,7 +116,8 @@ impl fmt::Display for WorkerStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "flows_accepted={} flows_refused={} syn_over_budget={} tcp_over_limit={} packets_in={} bytes_in={} \
+            "flows_accepted={} flows_refused={} syn_over_budget={} tcp_over_limit={} tcp_over_memory={} \
+             packets_in={} bytes_in={} \
              packets_out={} bytes_out={} no_session_packets={} dropped_malformed={} \
              dropped_unsupported={} tun_write_errors={} udp_sessions_opened={} udp_sessions_evicted={} \
              udp_sessions_failed={} udp_datagrams_out={} udp_datagrams_in={} udp_dropped_out={} \
@@ -123,6 +127,7 @@ impl fmt::Display for WorkerStats {
             self.flows_refused,
             self.syn_over_budget,
             self.tcp_over_limit,
+            self.tcp_over_memory,
             self.packets_in,
             self.bytes_in,
             self.packets_out,

@@ -19,6 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use super::limit_log::{Limit, LimitLog};
 use super::{Shared, dns};
 use crate::dns::{DnsRoute, FakeIpPool, PinGuard};
 use crate::packet::{FlowKey, write_udp};
@@ -126,6 +127,7 @@ pub struct UdpTable {
     /// Shutting down: no new sessions.
     draining: bool,
     pub stats: UdpStats,
+    limits: LimitLog,
 }
 
 impl UdpTable {
@@ -137,6 +139,7 @@ impl UdpTable {
             scratch: Vec::new(),
             draining: false,
             stats: UdpStats::default(),
+            limits: LimitLog::default(),
         }
     }
 
@@ -211,6 +214,7 @@ impl UdpTable {
             debug!(%client, "UDP session table full, evicting the oldest idle session");
             self.sessions.remove(&client);
             self.stats.sessions_evicted += 1;
+            self.limits.hit(Limit::UdpSessions);
         }
     }
 

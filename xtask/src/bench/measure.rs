@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use super::impls::{Binaries, Running, Variant};
-use super::stats::{Metric, Results};
+use super::stats::{Group, Metric, Results};
 use super::testbed::{Fields, Testbed, proc_cpu_seconds, proc_rss_bytes, result_line, wait_until};
 use crate::signal;
 
@@ -23,6 +23,15 @@ pub struct Settings {
     pub hold: usize,
     /// Bytes of the fixed transfer for CPU per GB, each direction.
     pub cpu_bytes: u64,
+    /// The groups measured (`--only`); empty: all.
+    #[serde(default)]
+    pub only: Vec<Group>,
+}
+
+impl Settings {
+    pub fn measures(&self, group: Group) -> bool {
+        self.only.is_empty() || self.only.contains(&group)
+    }
 }
 
 /// Everything for `variant` in `round`, into `out`.
@@ -41,23 +50,38 @@ pub fn variant(
         round,
         out,
     };
-    if Metric::RssPerConn.applies_to(variant) {
+    if Metric::RssPerConn.applies_to(variant) && s.measures(Group::Memory) {
         m.session(bins, "memory", |m, run| m.memory(run))?;
     }
+    if ![Group::Tcp, Group::Udp, Group::Conn, Group::Cpu]
+        .iter()
+        .any(|&g| s.measures(g))
+    {
+        return Ok(());
+    }
     m.session(bins, "throughput, latency, connections, CPU", |m, run| {
-        for (metric, streams, dir) in [
-            (Metric::TcpUp1, 1, "up"),
-            (Metric::TcpDown1, 1, "down"),
-            (Metric::TcpUp8, 8, "up"),
-            (Metric::TcpDown8, 8, "down"),
-        ] {
-            m.step(run, metric.title(), |m, run| m.tcp(run, metric, streams, dir))?;
+        if s.measures(Group::Tcp) {
+            for (metric, streams, dir) in [
+                (Metric::TcpUp1, 1, "up"),
+                (Metric::TcpDown1, 1, "down"),
+                (Metric::TcpUp8, 8, "up"),
+                (Metric::TcpDown8, 8, "down"),
+            ] {
+                m.step(run, metric.title(), |m, run| m.tcp(run, metric, streams, dir))?;
+            }
         }
-        m.step(run, "UDP idle", |m, run| m.udp(run, false))?;
-        m.step(run, "UDP under load", |m, run| m.udp(run, true))?;
-        m.step(run, "connections, sequential", |m, run| m.conn(run, 1))?;
-        m.step(run, "connections, 64 in flight", |m, run| m.conn(run, 64))?;
-        m.step(run, "CPU per GB", |m, run| m.cpu_per_gb(run))
+        if s.measures(Group::Udp) {
+            m.step(run, "UDP idle", |m, run| m.udp(run, false))?;
+            m.step(run, "UDP under load", |m, run| m.udp(run, true))?;
+        }
+        if s.measures(Group::Conn) {
+            m.step(run, "connections, sequential", |m, run| m.conn(run, 1))?;
+            m.step(run, "connections, 64 in flight", |m, run| m.conn(run, 64))?;
+        }
+        if s.measures(Group::Cpu) {
+            m.step(run, "CPU per GB", |m, run| m.cpu_per_gb(run))?;
+        }
+        Ok(())
     })
 }
 

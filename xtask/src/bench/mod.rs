@@ -59,6 +59,9 @@ pub struct Options {
     /// MiB moved each way for CPU per GB [default: 1024; --quick: 64].
     #[arg(long)]
     pub cpu_mib: Option<u64>,
+    /// Measure only these groups (comma-separated), e.g. --only udp.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<stats::Group>,
     /// Output directory [default: target/bench/<UTC time>].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -110,6 +113,7 @@ impl Plan {
             warmup: if q { 0.3 } else { 1.0 },
             hold: o.hold.unwrap_or(if q { 500 } else { 10_000 }),
             cpu_bytes: o.cpu_mib.unwrap_or(if q { 64 } else { 1024 }) << 20,
+            only: o.only.clone(),
         };
         if !(0.1..=600.0).contains(&settings.secs) || settings.hold == 0 || settings.cpu_bytes == 0 {
             bail!("--secs must be 0.1 to 600, --hold and --cpu-mib at least 1");
@@ -183,7 +187,7 @@ pub fn run(opts: Options) -> Result<()> {
         eprintln!("bench: plots not written: {e:#}");
     }
     outcome?;
-    let missing = report::missing(&variants, &results);
+    let missing = report::missing(&plan, &variants, &results);
     if !missing.is_empty() {
         bail!("no number for: {}", missing.join("; "));
     }
@@ -309,6 +313,7 @@ mod tests {
             no_peer: false,
             secs: None,
             hold: None,
+            only: vec![],
             cpu_mib: None,
             out: None,
             daemon: None,

@@ -286,12 +286,13 @@ fn range(s: Summary, f: impl Fn(f64) -> String) -> String {
 }
 
 /// (variant, metric) pairs that should have a number and have none.
-pub fn missing(variants: &[Variant], results: &Results) -> Vec<String> {
+pub fn missing(plan: &Plan, variants: &[Variant], results: &Results) -> Vec<String> {
     variants
         .iter()
         .flat_map(|v| {
             Metric::ALL
                 .iter()
+                .filter(|m| plan.settings.measures(m.group()))
                 .filter(|m| m.applies_to(v) && results.summary(v, **m).is_none())
                 .map(|m| format!("{} / {}", v.label(), m.title()))
         })

@@ -36,7 +36,35 @@ pub enum Metric {
     DanteCpuPerGb,
 }
 
+/// The groups of measurements `--only` can pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    /// RSS per idle connection.
+    Memory,
+    /// TCP throughput, 1 and 8 streams each way.
+    Tcp,
+    /// UDP round trips, idle and under load.
+    Udp,
+    /// Connections per second.
+    Conn,
+    /// CPU seconds per GB.
+    Cpu,
+}
+
 impl Metric {
+    /// The `--only` group that measures this metric.
+    pub fn group(self) -> Group {
+        use Metric::*;
+        match self {
+            TcpUp1 | TcpUp8 | TcpDown1 | TcpDown8 => Group::Tcp,
+            UdpIdleP50 | UdpIdleP99 | UdpLoadedP50 | UdpLoadedP99 | UdpLoadedLoss | UdpLoadGbit => Group::Udp,
+            ConnSeq | ConnSeqFailed | Conn64 | Conn64Failed | Conn64ToolCpu => Group::Conn,
+            RssPerConn => Group::Memory,
+            CpuPerGb | DanteCpuPerGb => Group::Cpu,
+        }
+    }
+
     pub const ALL: [Metric; 18] = [
         Metric::TcpUp1,
         Metric::TcpUp8,
