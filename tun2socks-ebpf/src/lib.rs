@@ -1,5 +1,6 @@
 //! What the eBPF programs share with user space: how a packet becomes a flow
-//! key, and the one flow hash that picks the worker for it.
+//! key, and the one flow hash that picks the worker for it; and (module
+//! [`xdp`]) which Ethernet frames the XDP classifier hands to AF_XDP.
 //!
 //! Both sides run the *same* code: [`flow_key`] parses through the
 //! [`PacketBytes`] trait, which user space implements for `[u8]` (below) and
@@ -26,6 +27,8 @@
 //! Unit tests run on the host: `cd tun2socks-ebpf && cargo test --lib`
 //! (rust-toolchain.toml selects nightly; the bin is the eBPF program).
 #![no_std]
+
+pub mod xdp;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;

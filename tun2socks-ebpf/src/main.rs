@@ -1,4 +1,5 @@
-//! The eBPF programs.
+//! The eBPF programs: `steer` (TUN queue steering) and `classify` (the XDP
+//! capture hook for the AF_XDP sockets).
 //!
 //! Built for the kernel by `tun2socks-user/build.rs`, by hand with
 //! `cargo build --release --target bpfel-unknown-none -Z build-std=core`
@@ -9,9 +10,14 @@
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{map, socket_filter},
-        maps::PerCpuArray,
-        programs::SkBuffContext,
+        bindings::xdp_action,
+        macros::{map, socket_filter, xdp},
+        maps::{HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
+        programs::{SkBuffContext, XdpContext},
+    };
+    use tun2socks_ebpf::xdp::{
+        AddressSets, MAX_BYPASS_PREFIXES, MAX_LOCAL_ADDRESSES, MAX_ROUTED_PREFIXES, MAX_XSK_QUEUES, XdpCounter,
+        classify_frame,
     };
     use tun2socks_ebpf::{PacketBytes, SteerClass, steer_and_classify};
 
@@ -47,8 +53,116 @@ mod programs {
         i64::from(value)
     }
 
+    /// Prefixes whose TCP/UDP traffic is proxied (LPM tries; the value is
+    /// unused). Keys are the address in network byte order.
+    #[map]
+    static ROUTED_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_ROUTED_PREFIXES, 0);
+    #[map]
+    static ROUTED_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_ROUTED_PREFIXES, 0);
+    /// Prefixes inside the routed ones that go to the kernel instead.
+    #[map]
+    static BYPASS_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_BYPASS_PREFIXES, 0);
+    #[map]
+    static BYPASS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_BYPASS_PREFIXES, 0);
+    /// The box's own addresses: traffic to them is the kernel's.
+    #[map]
+    static LOCAL_V4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(MAX_LOCAL_ADDRESSES, 0);
+    #[map]
+    static LOCAL_V6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_LOCAL_ADDRESSES, 0);
+    /// The AF_XDP socket of each rx queue, keyed by queue index: a socket
+    /// only receives from the queue it is bound to.
+    #[map]
+    static XSKS: XskMap = XskMap::with_max_entries(MAX_XSK_QUEUES, 0);
+    /// Frames by [`XdpCounter`], per CPU.
+    #[map]
+    static XDP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpCounter::COUNT, 0);
+
+    /// The frame between `data` and `data_end`. Each read is checked against
+    /// `data_end` once, for its whole fixed size, with a pointer comparison
+    /// (never arithmetic on `data_end`, which the verifier rejects).
+    struct Frame {
+        start: usize,
+        end: usize,
+    }
+
+    impl PacketBytes for Frame {
+        #[inline(always)]
+        fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+            let at = self.start + offset;
+            if at + N > self.end {
+                return None;
+            }
+            // SAFETY: `at..at + N` lies inside the frame, checked above;
+            // `[u8; N]` has no alignment requirement.
+            Some(unsafe { *(at as *const [u8; N]) })
+        }
+    }
+
+    /// [`AddressSets`] answered from the maps.
+    struct Maps;
+
+    impl AddressSets for Maps {
+        #[inline(always)]
+        fn is_local_v4(&self, dst: &[u8; 4]) -> bool {
+            // SAFETY: the value is only tested for presence, never kept.
+            unsafe { LOCAL_V4.get(dst).is_some() }
+        }
+        #[inline(always)]
+        fn is_local_v6(&self, dst: &[u8; 16]) -> bool {
+            // SAFETY: as above.
+            unsafe { LOCAL_V6.get(dst).is_some() }
+        }
+        #[inline(always)]
+        fn is_bypassed_v4(&self, dst: &[u8; 4]) -> bool {
+            BYPASS_V4.get(Key::new(32, *dst)).is_some()
+        }
+        #[inline(always)]
+        fn is_bypassed_v6(&self, dst: &[u8; 16]) -> bool {
+            BYPASS_V6.get(Key::new(128, *dst)).is_some()
+        }
+        #[inline(always)]
+        fn is_routed_v4(&self, dst: &[u8; 4]) -> bool {
+            ROUTED_V4.get(Key::new(32, *dst)).is_some()
+        }
+        #[inline(always)]
+        fn is_routed_v6(&self, dst: &[u8; 16]) -> bool {
+            ROUTED_V6.get(Key::new(128, *dst)).is_some()
+        }
+    }
+
+    /// The AF_XDP capture hook: proxied flows into the rx queue's socket,
+    /// everything else to the kernel (see `tun2socks_ebpf::xdp`).
+    #[xdp]
+    pub fn classify(ctx: XdpContext) -> u32 {
+        let frame = Frame {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        };
+        let mut class = classify_frame(&frame, &Maps);
+        let action = if class == XdpCounter::Redirected {
+            // The low bits of the flags are the action when the queue has
+            // no socket: drop, so that a proxied flow never bypasses the
+            // proxy.
+            match XSKS.redirect(ctx.rx_queue_index(), u64::from(xdp_action::XDP_DROP)) {
+                Ok(action) => action,
+                Err(action) => {
+                    class = XdpCounter::RedirectFailed;
+                    action
+                }
+            }
+        } else {
+            xdp_action::XDP_PASS
+        };
+        if let Some(counter) = XDP_COUNTERS.get_ptr_mut(class as u32) {
+            // SAFETY: this CPU's slot; nothing else runs on it meanwhile.
+            unsafe { *counter += 1 };
+        }
+        action
+    }
+
     // The kernel checks the license string against the helpers used;
-    // `bpf_skb_load_bytes` is not GPL-only.
+    // `bpf_skb_load_bytes`, the map helpers and `bpf_redirect_map` are not
+    // GPL-only.
     #[unsafe(link_section = "license")]
     #[unsafe(no_mangle)]
     static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

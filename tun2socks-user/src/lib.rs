@@ -15,3 +15,4 @@ pub mod proxy;
 pub mod setup;
 pub mod steering;
 pub mod worker;
+pub mod xdp;

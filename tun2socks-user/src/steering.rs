@@ -83,7 +83,12 @@ impl std::fmt::Debug for Steering {
 /// Loads the `steer` program and makes it choose the queue of every packet
 /// of the TUN device that `queue` (any one of its queue fds) belongs to.
 pub fn attach(queue: BorrowedFd<'_>) -> Result<Steering, SteeringError> {
-    let mut ebpf = Ebpf::load(OBJECT).map_err(|e| classify(e, SteeringError::Object))?;
+    // The object also holds the XDP classifier and its maps (XSKMAP, LPM
+    // tries); a kernel without them must still get TUN steering.
+    let mut ebpf = aya::EbpfLoader::new()
+        .allow_unsupported_maps()
+        .load(OBJECT)
+        .map_err(|e| classify(e, SteeringError::Object))?;
     let program = steer_program(&mut ebpf)?;
     program.load().map_err(|e| classify(e, SteeringError::Load))?;
     let prog_fd = program.fd().map_err(SteeringError::Load)?.as_fd().as_raw_fd();

@@ -68,13 +68,48 @@ pub fn test_all() -> Result<()> {
         .args(["test", "--release", "--workspace", "--no-fail-fast"])
         .args(["--", "--test-threads=2"])
         .env("TUN2SOCKS_BIN", &daemon);
+    // The eBPF crate is its own workspace (nightly); its decision logic
+    // (flow hash, XDP classifier) is plain no_std code tested on the host.
+    // It builds with its own (nightly) toolchain, so nothing of this stable
+    // cargo run may leak into it.
+    let mut ebpf_tests = Command::new("rustup");
+    ebpf_tests
+        .current_dir(workspace_root().join("tun2socks-ebpf"))
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "test",
+            "--lib",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .arg("--target-dir")
+        .arg(workspace_root().join("target/ebpf-host"));
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTDOC",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_MAKEFLAGS",
+    ] {
+        ebpf_tests.env_remove(var);
+    }
     let mut clippy = cargo();
     clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
 
-    let steps: [(&str, &mut Command); 3] = [
+    let steps: [(&str, &mut Command); 4] = [
         ("tests (cargo test --release --workspace)", &mut tests),
+        (
+            "eBPF crate's host tests (tun2socks-ebpf: cargo test --lib)",
+            &mut ebpf_tests,
+        ),
         ("clippy (-D warnings)", &mut clippy),
         ("rustfmt (--check)", &mut fmt),
     ];

@@ -74,6 +74,31 @@ const PACKAGES: &[Package] = &[
         command: Some("systemd-analyze"),
         why: "`systemd-analyze verify` of the unit files (tun2socks-user/tests/cli_docs.rs)",
     },
+    Package {
+        name: "libelf-dev",
+        command: None,
+        why: "xsk-rs links the vendored libxdp and libbpf against libelf",
+    },
+    Package {
+        name: "m4",
+        command: Some("m4"),
+        why: "xsk-rs generates libxdp's dispatcher source with m4",
+    },
+    Package {
+        name: "clang-19",
+        command: Some("clang-19"),
+        why: "xsk-rs compiles libxdp's BPF objects (CLANG in .cargo/config.toml)",
+    },
+    Package {
+        name: "libclang-19-dev",
+        command: None,
+        why: "xsk-rs generates its bindings with bindgen (LIBCLANG_PATH in .cargo/config.toml)",
+    },
+    Package {
+        name: "iputils-ping",
+        command: Some("ping"),
+        why: "ping through the XDP classifier (tun2socks-user/tests/xsk.rs)",
+    },
 ];
 
 const BPF_LINKER: &str = "bpf-linker@0.13.0";

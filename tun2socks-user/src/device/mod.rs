@@ -1,2 +1,3 @@
 //! Packet I/O below the workers.
 pub mod tun;
+pub mod xsk;
