@@ -232,23 +232,7 @@ impl Lab {
     /// Which namespaces' kernels dropped UDP datagrams, and why: their nonzero
     /// UDP error counters (`app: UdpRcvbufErrors=1`), or "none".
     pub fn udp_error_report(&self) -> String {
-        let mut parts = Vec::new();
-        for ns in [&self.app, &self.proxy, &self.srv] {
-            let role = ns.name().rsplit('-').next().unwrap_or(ns.name());
-            match ns.udp_errors() {
-                Ok(errors) if errors.is_empty() => {}
-                Ok(errors) => {
-                    let list: Vec<String> = errors.iter().map(|(n, v)| format!("{n}={v}")).collect();
-                    parts.push(format!("{role}: {}", list.join(" ")));
-                }
-                Err(e) => parts.push(format!("{role}: {e:#}")),
-            }
-        }
-        if parts.is_empty() {
-            "none".to_owned()
-        } else {
-            parts.join("; ")
-        }
+        udp_error_report(&[&self.app, &self.proxy, &self.srv])
     }
 
     /// Prints the tail of every log in the lab dir to stderr (shown by the test
@@ -287,6 +271,28 @@ impl Drop for Lab {
             }
         }
         // Then the fields drop: namespaces are deleted, the temp dir removed.
+    }
+}
+
+/// [`Lab::udp_error_report`] for the given namespaces of a lab (for callers
+/// that hold only those, e.g. on other threads: a `Lab` is not `Sync`).
+pub fn udp_error_report(namespaces: &[&Netns]) -> String {
+    let mut parts = Vec::new();
+    for ns in namespaces {
+        let role = ns.name().rsplit('-').next().unwrap_or(ns.name());
+        match ns.udp_errors() {
+            Ok(errors) if errors.is_empty() => {}
+            Ok(errors) => {
+                let list: Vec<String> = errors.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                parts.push(format!("{role}: {}", list.join(" ")));
+            }
+            Err(e) => parts.push(format!("{role}: {e:#}")),
+        }
+    }
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join("; ")
     }
 }
 

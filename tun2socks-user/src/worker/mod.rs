@@ -68,6 +68,8 @@ pub struct Shared {
     pub dns: Option<Arc<DnsService>>,
     pub dns_stats: RefCell<dns::DnsStats>,
     pub dns_in_flight: Cell<usize>,
+    /// Buffers for relayed UDP datagrams, shared by the worker's sessions.
+    pub udp_scratch: RefCell<udp::UdpScratch>,
     /// The worker's queue, for packets built outside smoltcp (UDP).
     pub tun: Rc<TunQueue>,
     egress: Notify,
@@ -181,6 +183,7 @@ async fn run(
         dns: config.dns.clone(),
         dns_stats: RefCell::default(),
         dns_in_flight: Cell::new(0),
+        udp_scratch: RefCell::default(),
         tun: tun.clone(),
         egress: Notify::new(),
     });

@@ -21,6 +21,7 @@ use tracing::debug;
 
 use super::limit_log::{Limit, LimitLog};
 use super::{Shared, dns};
+use crate::dns::service::DNS_PORT;
 use crate::dns::{DnsRoute, FakeIpPool, PinGuard};
 use crate::packet::{FlowKey, write_udp};
 use crate::proxy::socks5::{UdpHeaderError, decode_udp_header, encode_udp_header};
@@ -30,6 +31,14 @@ use crate::proxy::{Target, UdpAssociation, UdpFraming};
 const MAX_QUEUED: usize = 32;
 /// Largest datagram read from a relay.
 const RECV_BUFFER: usize = 65_536;
+/// Datagrams one session delivers per wake-up before others get a turn.
+const RECV_BATCH: usize = 64;
+/// Idle timeout of a session that has only sent to port 53. Resolvers use a
+/// fresh source port per query, so each query is a session of its own
+/// (with an association and its control connection at the proxy): keeping
+/// each for the full --udp-timeout would hold hundreds for nothing. Retries
+/// come from the same port within a few seconds.
+const DNS_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Distinct remotes remembered per session for mapping replies back to
 /// fake addresses.
 const MAX_PEERS: usize = 32;
@@ -65,6 +74,8 @@ enum State {
 struct Session {
     id: u64,
     last_active: Instant,
+    /// Every datagram so far went to port 53.
+    dns_only: bool,
     state: State,
     peers: Peers,
     /// Dropping it (eviction, shutdown) ends the session's task.
@@ -159,6 +170,7 @@ impl UdpTable {
         let client = key.client;
         if let Some(session) = self.sessions.get_mut(&client) {
             session.last_active = now;
+            session.dns_only &= key.dest.port() == DNS_PORT;
             let Some(target) = session.peers.target(key.dest, pool) else {
                 self.stats.dropped_out += 1;
                 return None;
@@ -195,6 +207,7 @@ impl UdpTable {
             Session {
                 id,
                 last_active: now,
+                dns_only: key.dest.port() == DNS_PORT,
                 state,
                 peers,
                 _cancel: cancel,
@@ -265,11 +278,15 @@ impl UdpTable {
         }
     }
 
-    fn idle_for(&self, client: SocketAddr, id: u64, now: Instant) -> Option<Duration> {
-        self.sessions
-            .get(&client)
-            .filter(|s| s.id == id)
-            .map(|s| now.saturating_duration_since(s.last_active))
+    /// Whether the session has been idle for its timeout; `None` when it
+    /// is gone or was replaced.
+    fn idled_out(&self, client: SocketAddr, id: u64, now: Instant) -> Option<bool> {
+        let session = self.sessions.get(&client).filter(|s| s.id == id)?;
+        let timeout = match session.dns_only {
+            true => self.config.idle_timeout.min(DNS_IDLE_TIMEOUT),
+            false => self.config.idle_timeout,
+        };
+        Some(now.saturating_duration_since(session.last_active) >= timeout)
     }
 
     /// A reply arrived: the session is active, and this is the address the
@@ -337,16 +354,14 @@ async fn run(shared: Rc<Shared>, client: SocketAddr, id: u64, mut cancelled: one
     if !shared.udp.borrow_mut().ready(client, id, socket.clone(), framing) {
         return;
     }
-    let idle_timeout = shared.udp.borrow().config.idle_timeout;
-    let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(250)));
-    let mut buf = vec![0u8; RECV_BUFFER];
-    let mut packet = Vec::new();
+    let shortest = shared.udp.borrow().config.idle_timeout.min(DNS_IDLE_TIMEOUT);
+    let mut tick = tokio::time::interval((shortest / 4).max(Duration::from_millis(250)));
     let mut control_byte = [0u8; 1];
     let end = loop {
         tokio::select! {
             _ = &mut cancelled => break "evicted",
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, from)) => deliver(&shared, client, framing, from, &buf[..n], &mut packet),
+            ready = socket.readable() => match ready.and_then(|()| receive(&shared, &socket, client, framing)) {
+                Ok(()) => {}
                 Err(_) => break "relay socket failed",
             },
             // A SOCKS5 association lives as long as its control connection.
@@ -355,10 +370,9 @@ async fn run(shared: Rc<Shared>, client: SocketAddr, id: u64, mut cancelled: one
                 Ok(_) => {}
             },
             _ = tick.tick() => {
-                let idle = shared.udp.borrow().idle_for(client, id, Instant::now());
-                match idle {
-                    Some(idle) if idle < idle_timeout => {}
-                    Some(_) => break "idle",
+                match shared.udp.borrow().idled_out(client, id, Instant::now()) {
+                    Some(false) => {}
+                    Some(true) => break "idle",
                     None => break "replaced",
                 }
             }
@@ -366,6 +380,32 @@ async fn run(shared: Rc<Shared>, client: SocketAddr, id: u64, mut cancelled: one
     };
     debug!(%client, end, "UDP session ended");
     shared.udp.borrow_mut().remove(client, id);
+}
+
+/// Delivers what the relay socket holds, up to a batch. The buffers are the
+/// worker's (one datagram is read and written out before the next), so an
+/// idle session holds none.
+fn receive(shared: &Shared, socket: &UdpSocket, client: SocketAddr, framing: UdpFraming) -> std::io::Result<()> {
+    let mut scratch = shared.udp_scratch.borrow_mut();
+    let UdpScratch { datagram, packet } = &mut *scratch;
+    if datagram.len() < RECV_BUFFER {
+        datagram.resize(RECV_BUFFER, 0);
+    }
+    for _ in 0..RECV_BATCH {
+        match socket.try_recv_from(datagram) {
+            Ok((n, from)) => deliver(shared, client, framing, from, &datagram[..n], packet),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A worker's buffers for relayed datagrams on their way to the queue.
+#[derive(Default)]
+pub struct UdpScratch {
+    datagram: Vec<u8>,
+    packet: Vec<u8>,
 }
 
 /// Reads the control connection; pending forever when there is none.
@@ -422,5 +462,52 @@ fn unmap_v4(remote: SocketAddr, client: SocketAddr) -> SocketAddr {
             None => remote,
         },
         _ => remote,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(client_port: u16, dest_port: u16) -> FlowKey {
+        FlowKey {
+            client: SocketAddr::from(([10, 0, 1, 1], client_port)),
+            dest: SocketAddr::from(([10, 0, 2, 2], dest_port)),
+        }
+    }
+
+    fn table() -> UdpTable {
+        UdpTable::new(UdpConfig {
+            max_sessions: 8,
+            idle_timeout: Duration::from_secs(60),
+        })
+    }
+
+    #[test]
+    fn a_dns_only_session_idles_out_sooner() {
+        let mut udp = table();
+        let t0 = Instant::now();
+        let (dns_id, _dns_cancel) = udp.outbound(key(5000, 53), None, b"query", t0).unwrap();
+        let (other_id, _other_cancel) = udp.outbound(key(5001, 4000), None, b"game", t0).unwrap();
+        let (client_dns, client_other) = (key(5000, 53).client, key(5001, 4000).client);
+
+        let soon = t0 + DNS_IDLE_TIMEOUT;
+        assert_eq!(udp.idled_out(client_dns, dns_id, soon), Some(true));
+        assert_eq!(udp.idled_out(client_other, other_id, soon), Some(false));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(udp.idled_out(client_other, other_id, later), Some(true));
+        assert_eq!(udp.idled_out(client_dns, dns_id + 100, soon), None);
+    }
+
+    #[test]
+    fn a_session_that_leaves_port_53_keeps_the_full_timeout() {
+        let mut udp = table();
+        let t0 = Instant::now();
+        let (id, _cancel) = udp.outbound(key(5000, 53), None, b"query", t0).unwrap();
+        assert!(udp.outbound(key(5000, 443), None, b"quic", t0).is_none());
+        assert_eq!(
+            udp.idled_out(key(5000, 53).client, id, t0 + DNS_IDLE_TIMEOUT),
+            Some(false)
+        );
     }
 }

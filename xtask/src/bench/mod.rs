@@ -1,17 +1,20 @@
 //! `cargo xtask bench`: builds the namespace lab, measures this project
 //! against the kernel (routed, and the client speaking SOCKS5 itself) and
 //! against a peer (tun2proxy), round by round, and writes JSON, a table and
-//! SVG plots. See docs/BENCHMARKS.md.
+//! SVG plots. `--soak MINUTES` instead runs one daemon under a mixed load
+//! and checks its memory and errors. See docs/BENCHMARKS.md.
 //!
 //! Modules: `testbed` (the lab and the load tool), `impls` (what is
 //! measured), `peer` (tun2proxy), `measure` (the measurements), `stats`
-//! (medians, ratios), `report` (table, targets, JSON), `plot` (SVGs).
+//! (medians, ratios), `report` (table, targets, JSON), `plot` (SVGs),
+//! `soak` (the soak).
 
 mod impls;
 mod measure;
 mod peer;
 mod plot;
 mod report;
+mod soak;
 mod stats;
 mod testbed;
 
@@ -78,6 +81,14 @@ pub struct Options {
     /// earlier run in DIR from its results.json.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// Measure nothing: run one daemon (2 workers, default MTU) under a mixed
+    /// TCP/UDP/DNS load for MINUTES; pass iff its RSS at the end is within 5 %
+    /// of its RSS after the warm-up and nothing failed. Output directory
+    /// [default: target/bench/soak-<UTC time>].
+    #[arg(long, value_name = "MINUTES", conflicts_with_all = [
+        "quick", "rounds", "workers", "mtu", "no_peer", "secs", "hold", "cpu_mib", "peer_bin", "report",
+    ])]
+    pub soak: Option<f64>,
 }
 
 /// What a run does, with the defaults filled in.
@@ -133,6 +144,10 @@ pub fn run(opts: Options) -> Result<()> {
     if let Some(dir) = &opts.report {
         return rewrite(dir);
     }
+    if let Some(minutes) = opts.soak {
+        // Fail on a bad duration before anything is built.
+        soak::Timing::new(minutes)?;
+    }
     let plan = Plan::new(&opts)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -149,6 +164,9 @@ pub fn run(opts: Options) -> Result<()> {
         Some(path) => path.clone(),
         None => build_load_tool(&daemon)?,
     };
+    if let Some(minutes) = opts.soak {
+        return soak::run(minutes, &daemon, &load, opts.out.clone());
+    }
     let mut not_measured = Vec::new();
     let peer = match (&opts.peer_bin, plan.peer) {
         (_, false) => {
@@ -320,6 +338,7 @@ mod tests {
             load_tool: None,
             peer_bin: None,
             report: None,
+            soak: None,
         };
         let p = Plan::new(&o).unwrap();
         assert_eq!(

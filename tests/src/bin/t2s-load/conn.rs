@@ -10,15 +10,14 @@ use tokio::task::JoinSet;
 
 use crate::{Path, cpu_seconds, percentile};
 
-/// How long the echo of one connection may take (it takes milliseconds when
-/// it works; a lost one should not stall a loop for long).
-const ECHO_TIMEOUT: Duration = Duration::from_secs(1);
-
 pub struct RatePlan {
     pub path: Path,
     pub concurrency: usize,
     pub secs: Duration,
     pub threads: usize,
+    /// How long the echo of one connection may take (it takes milliseconds
+    /// when it works; a lost one should not stall a loop for long).
+    pub echo_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -36,12 +35,14 @@ pub fn rate(plan: &RatePlan) -> Result<()> {
         let deadline = started + plan.secs;
         let mut loops = JoinSet::new();
         for _ in 0..plan.concurrency.max(1) {
-            let path = plan.path;
+            let (path, echo_timeout) = (plan.path, plan.echo_timeout);
             loops.spawn(async move {
                 let mut tally = RateTally::default();
-                while Instant::now() < deadline {
+                // At least one attempt per loop, even if the process started
+                // so late (a stalled machine) that the deadline has passed.
+                loop {
                     let t = Instant::now();
-                    match echo_once(&path).await {
+                    match echo_once(&path, echo_timeout).await {
                         Ok(()) => {
                             tally.ok += 1;
                             tally.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
@@ -52,6 +53,9 @@ pub fn rate(plan: &RatePlan) -> Result<()> {
                             // Do not spin on an error that repeats at once.
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
+                    }
+                    if Instant::now() >= deadline {
+                        break;
                     }
                 }
                 tally
@@ -91,7 +95,7 @@ pub fn rate(plan: &RatePlan) -> Result<()> {
     Ok(())
 }
 
-async fn echo_once(path: &Path) -> Result<()> {
+async fn echo_once(path: &Path, timeout: Duration) -> Result<()> {
     let mut stream = path.connect().await?;
     let exchange = async {
         stream.write_all(b"P").await?;
@@ -106,9 +110,9 @@ async fn echo_once(path: &Path) -> Result<()> {
         }
         Ok(())
     };
-    tokio::time::timeout(ECHO_TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| anyhow::anyhow!("echo timed out after {ECHO_TIMEOUT:?}"))?
+        .map_err(|_| anyhow::anyhow!("echo timed out after {timeout:?}"))?
 }
 
 pub struct HoldPlan {

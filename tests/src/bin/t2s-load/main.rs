@@ -9,7 +9,7 @@
 //! t2s-load tcp       --to 10.0.2.2:9100 [--socks5 10.0.1.2:1080] --streams 8 --dir down --secs 5 [--warmup 1]
 //! t2s-load tcp       --to ... --streams 1 --dir up --bytes 1GiB      # a fixed transfer
 //! t2s-load udp-rtt   --to ... [--socks5 ...] --secs 5 [--interval-ms 5] [--load-streams 8]
-//! t2s-load conn-rate --to ... [--socks5 ...] --concurrency 64 --secs 5
+//! t2s-load conn-rate --to ... [--socks5 ...] --concurrency 64 --secs 5 [--echo-timeout-ms 1000]
 //! t2s-load hold      --to ... [--socks5 ...] --count 10000 [--hold-secs 120]
 //! ```
 //!
@@ -116,6 +116,9 @@ enum Command {
         /// Runtime threads (1: everything on one core).
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// A connection whose echo (and the server's close) takes longer has failed.
+        #[arg(long, default_value_t = 1000)]
+        echo_timeout_ms: u64,
     },
     /// Open COUNT idle connections (CONCURRENCY connects at a time), print
     /// `holding n=...`, keep them open for HOLD_SECS (or until killed).
@@ -182,11 +185,13 @@ fn main() -> ExitCode {
             concurrency,
             secs,
             threads,
+            echo_timeout_ms,
         } => conn::rate(&conn::RatePlan {
             path: Path { to, socks5 },
             concurrency,
             secs: secs_f64(secs),
             threads,
+            echo_timeout: Duration::from_millis(echo_timeout_ms),
         }),
         Command::Hold {
             to,
