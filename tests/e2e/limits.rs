@@ -23,6 +23,7 @@ const REFUSED: u64 = 5;
 /// Opens `n` connections from `app` that stay open, and waits until the
 /// daemon has accepted them all.
 fn hold(lab: &Lab, n: usize) -> Result<Vec<Process>> {
+    let before = stats_total(&stats_table(lab)?, "flows_accepted")?;
     let to = srv(false, port::PROBE).to_string();
     let held = (0..n)
         .map(|i| {
@@ -30,7 +31,7 @@ fn hold(lab: &Lab, n: usize) -> Result<Vec<Process>> {
             probe_in_background(lab, &format!("held-{i}"), &args)
         })
         .collect::<Result<Vec<_>>>()?;
-    wait_for(lab, "flows_accepted", |v| v >= n as u64)?;
+    wait_for(lab, "flows_accepted", |v| v >= before + n as u64)?;
     Ok(held)
 }
 

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cli::Cli;
+use crate::device::port::Port;
 use crate::device::tun::{self, TunError, TunQueue};
 use crate::dns::{DnsMode, DnsService, FakeIpConfig, FakeIpPool};
 use crate::journal::{self, Journal};
@@ -384,7 +385,7 @@ async fn run_workers(
             dns: Some(dns.clone()),
             tcp_idle_timeout: cli.tcp_idle_timeout(),
         };
-        match worker::spawn(config, queue, phase_rx.clone()) {
+        match worker::spawn(config, Port::tun(queue), phase_rx.clone()) {
             Ok(handle) => handles.push(handle),
             Err(e) => {
                 let _ = phase.send(Phase::Stop);

@@ -1,3 +1,4 @@
-//! Packet I/O below the workers.
+//! Packet I/O below the workers: the port seam (`port`) and what it runs on.
+pub mod port;
 pub mod tun;
 pub mod xsk;

@@ -13,7 +13,11 @@
 //! [`XskSocket::send`] (one copy) → TX ring → completion ring → free list.
 //! Every ring is as large as the frames that can be in it, so giving RX
 //! frames back to the fill ring never fails and the completion ring never
-//! overflows.
+//! overflows. The two cycles share nothing but the UMEM (disjoint frames of
+//! it) and the fd, so [`XskSocket::split`] can separate them into a
+//! receive half ([`XskRx`]) and a transmit half ([`XskTx`]): a caller may
+//! then send while it still holds received frames (the packet port,
+//! `device::port::XskPort`, does).
 //!
 //! Modes: [`XskMode::Auto`] binds with `XDP_ZEROCOPY` first and, if the
 //! driver refuses, binds a fresh UMEM in copy mode (veth, TAP and most
@@ -219,47 +223,94 @@ pub struct XskKernelStats {
 }
 
 /// One AF_XDP socket with its own UMEM; see the module documentation.
+///
+/// It is two halves that share only the fd and the UMEM (each its own
+/// frames): [`XskRx`] (RX and fill rings) and [`XskTx`] (TX and completion
+/// rings). [`XskSocket::split`] separates them, so that frames can be sent
+/// while received ones are still being looked at.
 pub struct XskSocket {
+    rx: XskRx,
+    tx: XskTx,
+    mode: BoundMode,
+}
+
+/// The receive half of an [`XskSocket`]: the RX and fill rings and the
+/// frames that cycle through them.
+pub struct XskRx {
     // The rings first: they are dropped before the UMEM they point into
     // (xsk-rs keeps what libxdp dereferences alive on its own as well).
     rx: RxQueue,
-    tx: TxQueue,
     fill: FillQueue,
+    umem: Umem,
+    ifname: String,
+    queue: u32,
+    /// Scratch for the RX ring's descriptors, one batch long.
+    descs: Vec<FrameDesc>,
+    /// Only the receive counters are used.
+    stats: XskStats,
+}
+
+/// The transmit half of an [`XskSocket`]: the TX and completion rings and
+/// the frames that cycle through them.
+pub struct XskTx {
+    tx: TxQueue,
     comp: CompQueue,
     umem: Umem,
     ifname: String,
     queue: u32,
-    mode: BoundMode,
-    tx_size: u32,
+    /// TX frames, and the size of the TX and completion rings.
+    size: u32,
     /// Bytes of one frame that hold packet data.
     capacity: usize,
     /// TX frames that are neither in the TX ring nor in the kernel.
-    free_tx: Vec<FrameDesc>,
-    /// Scratch for the RX ring's descriptors, one batch long.
-    rx_descs: Vec<FrameDesc>,
+    free: Vec<FrameDesc>,
     /// Scratch for the completion ring's descriptors.
     comp_descs: Vec<FrameDesc>,
     /// Frames put on the TX ring since the last kick.
     unkicked: u32,
+    /// Only the transmit counters are used.
     stats: XskStats,
 }
 
 impl std::fmt::Debug for XskSocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XskSocket")
+            .field("ifname", &self.rx.ifname)
+            .field("queue", &self.rx.queue)
+            .field("fd", &self.as_raw_fd())
+            .field("mode", &self.mode)
+            .field("free_tx", &self.tx.free.len())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for XskRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskRx")
             .field("ifname", &self.ifname)
             .field("queue", &self.queue)
             .field("fd", &self.as_raw_fd())
-            .field("mode", &self.mode)
-            .field("free_tx", &self.free_tx.len())
-            .field("stats", &self.stats)
+            .field("frames", &self.stats.rx_frames)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for XskTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskTx")
+            .field("ifname", &self.ifname)
+            .field("queue", &self.queue)
+            .field("fd", &self.as_raw_fd())
+            .field("free", &self.free.len())
+            .field("frames", &self.stats.tx_frames)
             .finish_non_exhaustive()
     }
 }
 
 impl XskSocket {
     /// The most frames one [`XskSocket::recv_batch`] call hands over.
-    pub const MAX_BATCH: usize = 256;
+    pub const MAX_BATCH: usize = XskRx::MAX_BATCH;
 
     /// Creates a socket with its own UMEM and binds it to `queue` of
     /// `ifname` (an interface of the calling thread's network namespace).
@@ -347,25 +398,33 @@ impl XskSocket {
         debug_assert_eq!(filled, descs.len(), "the fill ring holds every RX frame");
 
         let mut socket = Self {
-            rx,
-            tx,
-            fill,
-            comp,
-            capacity: umem_config.mtu() as usize,
-            umem,
-            ifname: ifname.to_string(),
-            queue,
+            rx: XskRx {
+                rx,
+                fill,
+                umem: umem.clone(),
+                ifname: ifname.to_string(),
+                queue,
+                descs: vec![FrameDesc::default(); XskRx::MAX_BATCH],
+                stats: XskStats::default(),
+            },
+            tx: XskTx {
+                tx,
+                comp,
+                capacity: umem_config.mtu() as usize,
+                umem,
+                ifname: ifname.to_string(),
+                queue,
+                size: config.tx_frames,
+                free: free_tx,
+                comp_descs: vec![FrameDesc::default(); config.tx_frames as usize],
+                unkicked: 0,
+                stats: XskStats::default(),
+            },
             mode,
-            tx_size: config.tx_frames,
-            free_tx,
-            rx_descs: vec![FrameDesc::default(); Self::MAX_BATCH],
-            comp_descs: vec![FrameDesc::default(); config.tx_frames as usize],
-            unkicked: 0,
-            stats: XskStats::default(),
         };
         socket.mode = socket.query_mode().unwrap_or(mode);
-        if socket.fill.needs_wakeup() {
-            socket.wake_rx();
+        if socket.rx.fill.needs_wakeup() {
+            socket.rx.wake_rx();
         }
         Ok(socket)
     }
@@ -394,13 +453,19 @@ impl XskSocket {
         })
     }
 
+    /// Separates the receive and the transmit half. Both keep the socket's
+    /// fd (and UMEM) open; the socket is closed when both are dropped.
+    pub fn split(self) -> (XskRx, XskTx) {
+        (self.rx, self.tx)
+    }
+
     pub fn ifname(&self) -> &str {
-        &self.ifname
+        &self.rx.ifname
     }
 
     /// The rx queue index the socket is bound to: its key in `XSKS`.
     pub fn queue(&self) -> u32 {
-        self.queue
+        self.rx.queue
     }
 
     pub fn mode(&self) -> BoundMode {
@@ -410,16 +475,57 @@ impl XskSocket {
     /// The largest frame [`XskSocket::send`] takes (and the largest one
     /// the socket can receive).
     pub fn frame_capacity(&self) -> usize {
-        self.capacity
+        self.tx.capacity
     }
 
     pub fn stats(&self) -> XskStats {
-        self.stats
+        XskStats {
+            rx_frames: self.rx.stats.rx_frames,
+            rx_wakeups: self.rx.stats.rx_wakeups,
+            tx_frames: self.tx.stats.tx_frames,
+            tx_full: self.tx.stats.tx_full,
+            tx_kicks: self.tx.stats.tx_kicks,
+        }
     }
 
     /// TX frames handed to the kernel and not yet completed.
     pub fn tx_in_flight(&self) -> u32 {
-        self.tx_size - self.free_tx.len() as u32
+        self.tx.in_flight()
+    }
+
+    /// See [`XskRx::recv_batch`].
+    pub fn recv_batch(&mut self, max: usize, f: impl FnMut(&mut [u8])) -> usize {
+        self.rx.recv_batch(max, f)
+    }
+
+    /// See [`XskTx::send`].
+    pub fn send(&mut self, frame: &[u8]) -> Result<(), XskError> {
+        self.tx.send(frame)
+    }
+
+    /// See [`XskTx::flush`].
+    pub fn flush(&mut self) -> Result<(), XskError> {
+        self.tx.flush()
+    }
+
+    /// The kernel's drop and error counters for this socket.
+    pub fn kernel_stats(&self) -> Result<XskKernelStats, XskError> {
+        self.rx.kernel_stats()
+    }
+}
+
+impl XskRx {
+    /// The most frames one [`XskRx::recv_batch`] call hands over.
+    pub const MAX_BATCH: usize = 256;
+
+    /// The rx queue index the socket is bound to.
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// The receive counters (the transmit ones are zero here).
+    pub fn stats(&self) -> XskStats {
+        self.stats
     }
 
     /// Hands up to `max` received frames (at most [`Self::MAX_BATCH`]) to
@@ -427,24 +533,25 @@ impl XskSocket {
     /// ring afterwards. Returns how many there were; 0 when the RX ring is
     /// empty (wait for the fd to poll readable).
     pub fn recv_batch(&mut self, max: usize, mut f: impl FnMut(&mut [u8])) -> usize {
-        let max = max.min(self.rx_descs.len());
+        let max = max.min(self.descs.len());
         // SAFETY: the descriptors are filled in from this socket's RX ring.
-        let n = unsafe { self.rx.consume(&mut self.rx_descs[..max]) };
+        let n = unsafe { self.rx.consume(&mut self.descs[..max]) };
         if n == 0 {
             if self.fill.needs_wakeup() {
                 self.wake_rx();
             }
             return 0;
         }
-        for desc in &mut self.rx_descs[..n] {
+        for desc in &mut self.descs[..n] {
             // SAFETY: the kernel handed this frame over through the RX
             // ring; it is in no ring until it is produced to the fill ring
-            // below, after `f` is done with it.
+            // below, after `f` is done with it. RX frames are never TX
+            // frames, so the transmit half never touches it.
             let mut data = unsafe { self.umem.data_mut(desc) };
             f(data.contents_mut());
         }
         // SAFETY: this UMEM's frames, just consumed and no longer used.
-        let back = unsafe { self.fill.produce(&self.rx_descs[..n]) };
+        let back = unsafe { self.fill.produce(&self.descs[..n]) };
         // The fill ring is as large as all RX frames together, so there is
         // always room for those we held.
         debug_assert_eq!(back, n, "fill ring refused RX frames");
@@ -456,122 +563,6 @@ impl XskSocket {
         }
         self.stats.rx_frames += n as u64;
         n
-    }
-
-    /// Copies `frame` (a whole Ethernet frame) into a free TX frame and puts
-    /// it on the TX ring. Nothing moves before [`XskSocket::flush`].
-    /// [`XskError::TxFull`] when every TX frame is in flight even after
-    /// reaping completions: the caller counts or backs off.
-    pub fn send(&mut self, frame: &[u8]) -> Result<(), XskError> {
-        if frame.len() > self.capacity {
-            return Err(XskError::FrameTooLarge {
-                len: frame.len(),
-                capacity: self.capacity,
-            });
-        }
-        if self.free_tx.is_empty() {
-            self.reap_completions();
-        }
-        let Some(mut desc) = self.free_tx.pop() else {
-            self.stats.tx_full += 1;
-            return Err(XskError::TxFull {
-                in_flight: self.tx_in_flight(),
-            });
-        };
-        {
-            // SAFETY: a TX frame of this UMEM that is in no ring.
-            let mut data = unsafe { self.umem.data_mut(&mut desc) };
-            let mut cursor = data.cursor();
-            cursor.set_pos(0);
-            if cursor.write_all(frame).is_err() {
-                // Unreachable: the length was checked against the capacity.
-                self.free_tx.push(desc);
-                return Err(XskError::FrameTooLarge {
-                    len: frame.len(),
-                    capacity: self.capacity,
-                });
-            }
-        }
-        // SAFETY: as above; from now on the frame is the kernel's until it
-        // comes back through the completion ring.
-        if unsafe { self.tx.produce_one(&desc) } == 0 {
-            // Unreachable while the ring is as large as the TX frames.
-            self.free_tx.push(desc);
-            self.stats.tx_full += 1;
-            return Err(XskError::TxFull {
-                in_flight: self.tx_in_flight(),
-            });
-        }
-        self.unkicked += 1;
-        self.stats.tx_frames += 1;
-        Ok(())
-    }
-
-    /// Makes the kernel send what [`XskSocket::send`] queued (a `sendto`
-    /// kick, only when the TX ring asks for one; in copy mode repeated
-    /// while it makes progress, as each call moves at most 32 frames), and
-    /// reaps the completion ring. Errors only for an unexpected `sendto`
-    /// failure; a busy device (`EAGAIN`, `EBUSY`, `ENOBUFS`) is retried at
-    /// the next flush.
-    pub fn flush(&mut self) -> Result<(), XskError> {
-        let mut result = Ok(());
-        if self.unkicked > 0 || self.tx.nb_free_exact() < self.tx_size {
-            // Enough kicks for a full ring, plus one.
-            let limit = self.tx_size / KERNEL_TX_BATCH + 1;
-            for _ in 0..limit {
-                let pending = self.tx_size - self.tx.nb_free_exact();
-                if pending == 0 || !self.tx.needs_wakeup() {
-                    break;
-                }
-                self.stats.tx_kicks += 1;
-                match self.kick_tx() {
-                    Ok(()) => {}
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)) => {}
-                    Err(source) => {
-                        result = Err(XskError::Kick {
-                            ifname: self.ifname.clone(),
-                            queue: self.queue,
-                            source,
-                        });
-                        break;
-                    }
-                }
-                if self.tx_size - self.tx.nb_free_exact() >= pending {
-                    // No progress: the device is busy; try next time.
-                    break;
-                }
-            }
-            self.unkicked = 0;
-        }
-        self.reap_completions();
-        result
-    }
-
-    /// Moves completed TX frames back to the free list.
-    fn reap_completions(&mut self) -> usize {
-        // SAFETY: the completion ring returns this UMEM's TX frames.
-        let n = unsafe { self.comp.consume(&mut self.comp_descs) };
-        self.free_tx.extend_from_slice(&self.comp_descs[..n]);
-        n
-    }
-
-    fn kick_tx(&self) -> io::Result<()> {
-        // SAFETY: a zero-length sendto on our own socket fd.
-        let rc = unsafe {
-            libc::sendto(
-                self.as_raw_fd(),
-                std::ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null(),
-                0,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
     }
 
     fn wake_rx(&mut self) {
@@ -608,9 +599,150 @@ impl XskSocket {
     }
 }
 
+impl XskTx {
+    /// The largest frame [`XskTx::send`] takes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The transmit counters (the receive ones are zero here).
+    pub fn stats(&self) -> XskStats {
+        self.stats
+    }
+
+    /// TX frames handed to the kernel and not yet completed.
+    pub fn in_flight(&self) -> u32 {
+        self.size - self.free.len() as u32
+    }
+
+    /// Copies `frame` (a whole Ethernet frame) into a free TX frame and puts
+    /// it on the TX ring. Nothing moves before [`XskTx::flush`].
+    /// [`XskError::TxFull`] when every TX frame is in flight even after
+    /// reaping completions: the caller counts or backs off.
+    pub fn send(&mut self, frame: &[u8]) -> Result<(), XskError> {
+        self.send_parts(&[], frame)
+    }
+
+    /// Like [`XskTx::send`] for the frame `head` followed by `body` (a
+    /// link-layer header and a packet), copied once, straight into the TX
+    /// frame.
+    pub fn send_parts(&mut self, head: &[u8], body: &[u8]) -> Result<(), XskError> {
+        let len = head.len() + body.len();
+        if len > self.capacity {
+            return Err(XskError::FrameTooLarge {
+                len,
+                capacity: self.capacity,
+            });
+        }
+        if self.free.is_empty() {
+            self.reap_completions();
+        }
+        let Some(mut desc) = self.free.pop() else {
+            self.stats.tx_full += 1;
+            return Err(XskError::TxFull {
+                in_flight: self.in_flight(),
+            });
+        };
+        {
+            // SAFETY: a TX frame of this UMEM that is in no ring.
+            let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            let mut cursor = data.cursor();
+            cursor.set_pos(0);
+            if cursor.write_all(head).and_then(|()| cursor.write_all(body)).is_err() {
+                // Unreachable: the length was checked against the capacity.
+                self.free.push(desc);
+                return Err(XskError::FrameTooLarge {
+                    len,
+                    capacity: self.capacity,
+                });
+            }
+        }
+        // SAFETY: as above; from now on the frame is the kernel's until it
+        // comes back through the completion ring.
+        if unsafe { self.tx.produce_one(&desc) } == 0 {
+            // Unreachable while the ring is as large as the TX frames.
+            self.free.push(desc);
+            self.stats.tx_full += 1;
+            return Err(XskError::TxFull {
+                in_flight: self.in_flight(),
+            });
+        }
+        self.unkicked += 1;
+        self.stats.tx_frames += 1;
+        Ok(())
+    }
+
+    /// Makes the kernel send what [`XskTx::send`] queued (a `sendto`
+    /// kick, only when the TX ring asks for one; in copy mode repeated
+    /// while it makes progress, as each call moves at most 32 frames), and
+    /// reaps the completion ring. Errors only for an unexpected `sendto`
+    /// failure; a busy device (`EAGAIN`, `EBUSY`, `ENOBUFS`) is retried at
+    /// the next flush.
+    pub fn flush(&mut self) -> Result<(), XskError> {
+        let mut result = Ok(());
+        if self.unkicked > 0 || self.tx.nb_free_exact() < self.size {
+            // Enough kicks for a full ring, plus one.
+            let limit = self.size / KERNEL_TX_BATCH + 1;
+            for _ in 0..limit {
+                let pending = self.size - self.tx.nb_free_exact();
+                if pending == 0 || !self.tx.needs_wakeup() {
+                    break;
+                }
+                self.stats.tx_kicks += 1;
+                match self.kick_tx() {
+                    Ok(()) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)) => {}
+                    Err(source) => {
+                        result = Err(XskError::Kick {
+                            ifname: self.ifname.clone(),
+                            queue: self.queue,
+                            source,
+                        });
+                        break;
+                    }
+                }
+                if self.size - self.tx.nb_free_exact() >= pending {
+                    // No progress: the device is busy; try next time.
+                    break;
+                }
+            }
+            self.unkicked = 0;
+        }
+        self.reap_completions();
+        result
+    }
+
+    /// Moves completed TX frames back to the free list.
+    fn reap_completions(&mut self) -> usize {
+        // SAFETY: the completion ring returns this UMEM's TX frames.
+        let n = unsafe { self.comp.consume(&mut self.comp_descs) };
+        self.free.extend_from_slice(&self.comp_descs[..n]);
+        n
+    }
+
+    fn kick_tx(&self) -> io::Result<()> {
+        // SAFETY: a zero-length sendto on our own socket fd.
+        let rc = unsafe {
+            libc::sendto(
+                self.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl AsRawFd for XskSocket {
     fn as_raw_fd(&self) -> RawFd {
-        self.rx.fd().as_raw_fd()
+        self.rx.as_raw_fd()
     }
 }
 
@@ -619,6 +751,18 @@ impl AsFd for XskSocket {
         // SAFETY: the fd stays open as long as the socket's rings, which
         // `self` owns, so it outlives the borrow.
         unsafe { BorrowedFd::borrow_raw(self.as_raw_fd()) }
+    }
+}
+
+impl AsRawFd for XskRx {
+    fn as_raw_fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+}
+
+impl AsRawFd for XskTx {
+    fn as_raw_fd(&self) -> RawFd {
+        self.tx.fd().as_raw_fd()
     }
 }
 

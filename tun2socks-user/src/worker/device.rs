@@ -1,19 +1,20 @@
-//! smoltcp devices over one TUN queue.
+//! smoltcp devices over the worker's packet port.
 //!
 //! Ingress is fed one packet at a time (the worker classifies each packet
-//! before smoltcp sees it), egress writes each packet smoltcp builds straight
-//! from a reusable buffer into the queue: no intermediate queue, no copy
-//! besides the kernel's.
+//! before smoltcp sees it), egress hands each packet smoltcp builds straight
+//! from a reusable buffer to the port: no intermediate queue, no copy besides
+//! the port's own. The port may hold packets until it is flushed, which the
+//! stack does once per egress pass.
 
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use super::stats::WorkerStats;
-use crate::device::tun::TunQueue;
+use crate::device::port::{PacketPort, Port};
 
 /// What both devices need to transmit.
 pub struct TxPath<'a> {
-    pub tun: &'a TunQueue,
+    pub port: &'a Port,
     pub buf: &'a mut [u8],
     pub stats: &'a mut WorkerStats,
 }
@@ -21,7 +22,7 @@ pub struct TxPath<'a> {
 impl TxPath<'_> {
     fn reborrow(&mut self) -> TxPath<'_> {
         TxPath {
-            tun: self.tun,
+            port: self.port,
             buf: self.buf,
             stats: self.stats,
         }
@@ -58,16 +59,16 @@ impl phy::RxToken for RxToken<'_> {
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let TxPath { tun, buf, stats } = self.0;
+        let TxPath { port, buf, stats } = self.0;
         let packet = &mut buf[..len];
         let result = f(packet);
-        match tun.send(packet) {
-            Ok(_) => {
+        match port.send(packet) {
+            Ok(()) => {
                 stats.packets_out += 1;
                 stats.bytes_out += len as u64;
             }
-            // The kernel dropped it (e.g. the device is going down); TCP
-            // retransmits, so counting is all there is to do.
+            // The port refused it (the device is going down, its TX ring is
+            // full); TCP retransmits, so counting is all there is to do.
             Err(_) => stats.tun_write_errors += 1,
         }
         result

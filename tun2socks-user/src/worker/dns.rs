@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use super::Shared;
+use crate::device::port::PacketPort;
 use crate::dns::{FrameReader, Reply, frame};
 use crate::packet::{FlowKey, write_udp};
 use crate::proxy::Target;
@@ -58,7 +59,10 @@ pub fn over_tcp(shared: &Rc<Shared>, key: FlowKey, server: SocketAddr, query: &[
     tokio::task::spawn_local(async move {
         let shared = &slot.0;
         match ask(shared, server, &framed).await {
-            Ok(answer) => reply(shared, key.dest, key.client, &answer),
+            Ok(answer) => {
+                reply(shared, key.dest, key.client, &answer);
+                shared.flush();
+            }
             Err(error) => {
                 debug!(%server, %error, "DNS over TCP failed");
                 shared.dns_stats.borrow_mut().failed += 1;
@@ -104,9 +108,12 @@ impl Drop for InFlight {
     }
 }
 
+/// Writes `answer` to the port. The caller flushes: a local answer is
+/// written during ingress and goes out with the worker's next egress pass;
+/// an answer from over TCP flushes at once.
 fn reply(shared: &Shared, from: SocketAddr, to: SocketAddr, answer: &[u8]) {
     let mut packet = Vec::with_capacity(answer.len() + 48);
-    if write_udp(&mut packet, from, to, answer).is_some() && shared.tun.send(&packet).is_ok() {
+    if write_udp(&mut packet, from, to, answer).is_some() && shared.port.send(&packet).is_ok() {
         return;
     }
     shared.dns_stats.borrow_mut().failed += 1;

@@ -1,8 +1,9 @@
-//! Per-core workers. Each is one OS thread, pinned to a core, owning one TUN
-//! queue, one smoltcp stack, its sessions and their upstream sockets, and a
-//! single-threaded async runtime for those sockets. Workers share nothing on
-//! the packet path: no locks, no shared atomics; the stack lives in a
-//! `RefCell` that only this thread's tasks touch.
+//! Per-core workers. Each is one OS thread, pinned to a core, owning one
+//! packet port (`crate::device::port`: a TUN queue or an AF_XDP socket, the
+//! worker cannot tell), one smoltcp stack, its sessions and their upstream
+//! sockets, and a single-threaded async runtime for those sockets. Workers
+//! share nothing on the packet path: no locks, no shared atomics; the stack
+//! lives in a `RefCell` that only this thread's tasks touch.
 
 mod budget;
 mod device;
@@ -26,7 +27,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info_span, warn};
 
-use crate::device::tun::TunQueue;
+use crate::device::port::{PacketPort, Port};
 use crate::dns::DnsService;
 use crate::proxy::Upstream;
 pub use stack::StackConfig;
@@ -34,11 +35,9 @@ pub use stats::WorkerStats;
 use std::sync::Arc;
 pub use udp::UdpConfig;
 
-/// Packets read from the queue before the worker sends what it owes and lets
+/// Packets read from the port before the worker sends what it owes and lets
 /// its sessions run.
 const READ_BATCH: usize = 64;
-/// Large enough for any packet the queue can deliver.
-const READ_BUFFER: usize = 65_536;
 /// Packets smoltcp may send per egress call before the worker lets its other
 /// tasks (UDP replies, DNS answers, relays) run. At 9000 bytes, 32 packets
 /// are about 100 µs of TUN writes on this machine: the most a datagram waits.
@@ -70,8 +69,10 @@ pub struct Shared {
     pub dns_in_flight: Cell<usize>,
     /// Buffers for relayed UDP datagrams, shared by the worker's sessions.
     pub udp_scratch: RefCell<udp::UdpScratch>,
-    /// The worker's queue, for packets built outside smoltcp (UDP).
-    pub tun: Rc<TunQueue>,
+    /// The worker's port, for packets built outside smoltcp (UDP replies,
+    /// DNS answers); whoever sends through it flushes it after its batch
+    /// ([`Shared::flush`]), or leaves that to the next egress pass.
+    pub port: Rc<Port>,
     egress: Notify,
 }
 
@@ -83,6 +84,20 @@ impl Shared {
     /// moved data, changed state or freed window).
     pub fn want_egress(&self) {
         self.egress.notify_one();
+    }
+
+    /// Flushes the port after a batch of packets built outside smoltcp; a
+    /// failed flush counts as a write error. Not to be called while the
+    /// stack is borrowed.
+    pub fn flush(&self) {
+        if self.port.flush().is_err() {
+            self.flush_failed();
+        }
+    }
+
+    #[cold]
+    fn flush_failed(&self) {
+        self.stack.borrow_mut().stats.tun_write_errors += 1;
     }
 }
 
@@ -119,7 +134,7 @@ pub enum Phase {
 /// Starts worker `config.index` on its own thread. It runs until `phase`
 /// says stop (or its sender is dropped), or until a drain has emptied it,
 /// and returns its final snapshot.
-pub fn spawn(config: WorkerConfig, tun: TunQueue, phase: watch::Receiver<Phase>) -> io::Result<WorkerHandle> {
+pub fn spawn(config: WorkerConfig, port: Port, phase: watch::Receiver<Phase>) -> io::Result<WorkerHandle> {
     let (snapshots, requests) = mpsc::channel(4);
     let thread = std::thread::Builder::new()
         .name(format!("worker-{}", config.index))
@@ -135,7 +150,7 @@ pub fn spawn(config: WorkerConfig, tun: TunQueue, phase: watch::Receiver<Phase>)
                 .build()
                 .context("building the worker's runtime")?;
             let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, run(config, tun, phase, requests))
+            local.block_on(&runtime, run(config, port, phase, requests))
         })?;
     Ok(WorkerHandle { thread, snapshots })
 }
@@ -153,10 +168,10 @@ fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// The TUN queue as the runtime's reactor sees it.
-struct QueueFd(Rc<TunQueue>);
+/// The port as the runtime's reactor sees it.
+struct PortFd(Rc<Port>);
 
-impl AsRawFd for QueueFd {
+impl AsRawFd for PortFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
@@ -164,19 +179,19 @@ impl AsRawFd for QueueFd {
 
 async fn run(
     config: WorkerConfig,
-    tun: TunQueue,
+    port: Port,
     mut phase: watch::Receiver<Phase>,
     mut snapshot_requests: mpsc::Receiver<oneshot::Sender<WorkerSnapshot>>,
 ) -> anyhow::Result<WorkerSnapshot> {
-    let tun = Rc::new(tun);
-    // SAFETY: QueueFd holds an Rc of the queue, so its fd stays open and
-    // the same for the AsyncFd's whole life.
-    let queue = unsafe { AsyncFd::register_with_interest(QueueFd(tun.clone()), Interest::READABLE) }
+    let port = Rc::new(port);
+    // SAFETY: PortFd holds an Rc of the port, so its fd stays open and the
+    // same for the AsyncFd's whole life.
+    let port_fd = unsafe { AsyncFd::register_with_interest(PortFd(port.clone()), Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
-        .context("registering the TUN queue with the runtime")?;
+        .context("registering the packet port with the runtime")?;
     let seed = 0x7432_0000 ^ config.index as u64 ^ u64::from(std::process::id()) << 20;
     let shared = Rc::new(Shared {
-        stack: RefCell::new(Stack::new(tun.clone(), config.stack.clone(), seed)),
+        stack: RefCell::new(Stack::new(port.clone(), config.stack.clone(), seed)),
         udp: RefCell::new(UdpTable::new(config.udp.clone())),
         upstream: config.upstream.clone(),
         tcp_idle_timeout: config.tcp_idle_timeout,
@@ -184,10 +199,9 @@ async fn run(
         dns_stats: RefCell::default(),
         dns_in_flight: Cell::new(0),
         udp_scratch: RefCell::default(),
-        tun: tun.clone(),
+        port: port.clone(),
         egress: Notify::new(),
     });
-    let mut buf = vec![0u8; READ_BUFFER];
     loop {
         let delay = shared
             .stack
@@ -209,17 +223,15 @@ async fn run(
                     Phase::Stop => break,
                 }
             }
-            ready = queue.readable() => {
-                let mut ready = ready.context("waiting on the TUN queue")?;
-                for _ in 0..READ_BATCH {
-                    match tun.recv(&mut buf) {
-                        Ok(len) => ingress(&shared, &mut buf[..len]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            ready.clear_ready();
-                            break;
-                        }
-                        Err(e) => return Err(e).context("reading the TUN queue"),
-                    }
+            ready = port_fd.readable() => {
+                let mut ready = ready.context("waiting on the packet port")?;
+                // What ingress sends (ACKs, resets, DNS answers) goes out
+                // with the egress pass below, which flushes the port.
+                let received = port
+                    .recv_batch(READ_BATCH, |packet| ingress(&shared, packet))
+                    .context("reading the packet port")?;
+                if received < READ_BATCH {
+                    ready.clear_ready();
                 }
             }
             Some(reply) = snapshot_requests.recv() => {

@@ -1,5 +1,6 @@
-//! One worker's TCP/IP stack: a smoltcp `Interface` and `SocketSet` over one
-//! TUN queue, plus the flow table that decides what smoltcp gets to see.
+//! One worker's TCP/IP stack: a smoltcp `Interface` and `SocketSet` over the
+//! worker's packet port, plus the flow table that decides what smoltcp gets
+//! to see.
 //!
 //! Connections are truthful (invariant 5): a connection request is held — a
 //! copy of the SYN, not a socket — until the upstream is connected. Only then
@@ -20,7 +21,7 @@ use super::budget::BufferBudget;
 use super::device::{OnePacket, TxPath};
 use super::limit_log::{Limit, LimitLog};
 use super::stats::WorkerStats;
-use crate::device::tun::TunQueue;
+use crate::device::port::{PacketPort, Port};
 use crate::packet::{Classified, FlowKey, classify};
 
 /// Bounds on how much work and memory one egress call may take, so that a
@@ -82,7 +83,7 @@ pub struct Stack {
     /// Sessions that ended; their sockets go once smoltcp has nothing more
     /// to send for them (a final RST or ACK).
     closing: Vec<(FlowKey, SocketHandle)>,
-    pub(super) tun: Rc<TunQueue>,
+    port: Rc<Port>,
     tx_buf: Vec<u8>,
     pub stats: WorkerStats,
     config: StackConfig,
@@ -95,7 +96,7 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub fn new(tun: Rc<TunQueue>, config: StackConfig, seed: u64) -> Self {
+    pub fn new(port: Rc<Port>, config: StackConfig, seed: u64) -> Self {
         let mut tx_buf = vec![0u8; config.mtu];
         let mut stats = WorkerStats::default();
         let epoch = std::time::Instant::now();
@@ -104,7 +105,7 @@ impl Stack {
         let mut device = OnePacket {
             packet: None,
             tx: TxPath {
-                tun: &tun,
+                port: &port,
                 buf: &mut tx_buf,
                 stats: &mut stats,
             },
@@ -126,7 +127,7 @@ impl Stack {
             sockets: SocketSet::new(Vec::new()),
             flows: HashMap::new(),
             closing: Vec::new(),
-            tun,
+            port,
             tx_buf,
             stats,
             budget: BufferBudget::new(config.buffer_memory, config.tcp_rx_buffer, config.max_sessions),
@@ -342,7 +343,7 @@ impl Stack {
         let mut device = OnePacket {
             packet: Some(packet),
             tx: TxPath {
-                tun: &self.tun,
+                port: &self.port,
                 buf: &mut self.tx_buf,
                 stats: &mut self.stats,
             },
@@ -353,16 +354,18 @@ impl Stack {
     }
 
     /// Sends what the sockets have to send, at most `budget` packets, then
-    /// frees finished sockets. Returns whether the budget ran out (so more
-    /// may be waiting): the worker then lets its other tasks run before the
-    /// next call, which keeps a UDP reply or a DNS answer from waiting behind
-    /// a whole window of bulk TCP.
+    /// flushes the port (which also sends what ingress and the worker's
+    /// other writers queued since the last pass) and frees finished sockets.
+    /// Returns whether the budget ran out (so more may be waiting): the
+    /// worker then lets its other tasks run before the next call, which
+    /// keeps a UDP reply or a DNS answer from waiting behind a whole window
+    /// of bulk TCP.
     pub fn egress(&mut self, budget: usize) -> Egress {
         let now = self.now();
         let mut device = OnePacket {
             packet: None,
             tx: TxPath {
-                tun: &self.tun,
+                port: &self.port,
                 buf: &mut self.tx_buf,
                 stats: &mut self.stats,
             },
@@ -379,8 +382,17 @@ impl Stack {
                 break;
             }
         }
+        self.flush_port();
         self.reap();
         outcome
+    }
+
+    /// Flushes the port; a failed flush counts as a write error (what it
+    /// held is lost, and TCP retransmits).
+    pub fn flush_port(&mut self) {
+        if self.port.flush().is_err() {
+            self.stats.tun_write_errors += 1;
+        }
     }
 
     fn reap(&mut self) {

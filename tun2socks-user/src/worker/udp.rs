@@ -22,6 +22,7 @@ use tracing::debug;
 use super::limit_log::{Limit, LimitLog};
 use super::{Shared, dns};
 use crate::dns::service::DNS_PORT;
+use crate::device::port::PacketPort;
 use crate::dns::{DnsRoute, FakeIpPool, PinGuard};
 use crate::packet::{FlowKey, write_udp};
 use crate::proxy::socks5::{UdpHeaderError, decode_udp_header, encode_udp_header};
@@ -382,7 +383,8 @@ async fn run(shared: Rc<Shared>, client: SocketAddr, id: u64, mut cancelled: one
     shared.udp.borrow_mut().remove(client, id);
 }
 
-/// Delivers what the relay socket holds, up to a batch. The buffers are the
+/// Delivers what the relay socket holds, up to a batch, then flushes the
+/// port. The buffers are the
 /// worker's (one datagram is read and written out before the next), so an
 /// idle session holds none.
 fn receive(shared: &Shared, socket: &UdpSocket, client: SocketAddr, framing: UdpFraming) -> std::io::Result<()> {
@@ -391,14 +393,20 @@ fn receive(shared: &Shared, socket: &UdpSocket, client: SocketAddr, framing: Udp
     if datagram.len() < RECV_BUFFER {
         datagram.resize(RECV_BUFFER, 0);
     }
+    let mut result = Ok(());
     for _ in 0..RECV_BATCH {
         match socket.try_recv_from(datagram) {
             Ok((n, from)) => deliver(shared, client, framing, from, &datagram[..n], packet),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
         }
     }
-    Ok(())
+    // One flush of the port for the whole batch.
+    shared.flush();
+    result
 }
 
 /// A worker's buffers for relayed datagrams on their way to the queue.
@@ -417,7 +425,8 @@ async fn read_control(control: &mut Option<tokio::net::TcpStream>, buf: &mut [u8
 }
 
 /// A datagram from upstream (`from`): strip the SOCKS5 header if any and
-/// write it into the TUN queue as coming from the remote that sent it.
+/// write it to the port as coming from the remote that sent it (the caller
+/// flushes the port after its batch).
 fn deliver(
     shared: &Shared,
     client: SocketAddr,
@@ -447,8 +456,8 @@ fn deliver(
         udp.stats.dropped_in += 1;
         return;
     }
-    match shared.tun.send(packet) {
-        Ok(_) => udp.stats.datagrams_in += 1,
+    match shared.port.send(packet) {
+        Ok(()) => udp.stats.datagrams_in += 1,
         Err(_) => udp.stats.dropped_in += 1,
     }
 }

@@ -1,0 +1,395 @@
+//! The seam between a worker and its packets: a *port* receives and
+//! transmits whole IP packets (IPv4 or IPv6, no link-layer header), in
+//! batches. A TUN queue is one implementation ([`TunPort`]); an AF_XDP
+//! socket, which carries Ethernet frames, is another ([`XskPort`]): it
+//! frames and unframes at the port, so a worker never sees a link-layer
+//! header and never knows which one it runs on.
+//!
+//! The contract ([`PacketPort`]):
+//!
+//! * [`PacketPort::recv_batch`] takes up to `max` packets off the port and
+//!   hands them, one at a time, to a callback; it returns how many it took
+//!   (a port may drop some of them itself, e.g. non-IP frames, and counts
+//!   those). Fewer than `max` (0 included) means the port had nothing more
+//!   ready: the caller clears its readiness and waits for the fd
+//!   ([`AsRawFd`]) to poll readable again. Exactly `max` means there may be
+//!   more. An `Err` is a failure of the port itself, not an empty port.
+//! * [`PacketPort::send`] queues one packet. It may go out at once (TUN) or
+//!   only at the next [`PacketPort::flush`] (AF_XDP, which kicks its TX ring
+//!   once per batch): callers flush at the end of each batch they write,
+//!   never per packet. A refused packet is the caller's to count; nothing is
+//!   retried (TCP retransmits, UDP is unreliable anyway).
+//! * Every method takes `&self`: while `recv_batch` has a packet in the
+//!   callback's hands, the worker's ingress may transmit through the same
+//!   port (an ACK, a reset, a DNS answer). Each implementation keeps its
+//!   receive side and its transmit side apart for that reason. Calling
+//!   `recv_batch` from inside its own callback is a bug (it panics).
+//!
+//! Why an enum ([`Port`]) over a trait object or generics: the worker holds
+//! a concrete [`Port`], so the per-packet path is a `match` on a two-way tag
+//! that the branch predictor learns once (it never changes for a worker's
+//! life) and that the compiler can inline through — no vtable call per
+//! packet, as a `dyn` port would cost, and no type parameter threaded
+//! through `Shared`, the stack, the smoltcp device, the sessions and the
+//! UDP and DNS tasks, as a generic worker would need. The trait states the
+//! contract both implementations keep (and lets tests drive either one);
+//! `recv_batch` takes its callback as `impl FnMut`, so the trait is
+//! deliberately not object-safe.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::tun::TunQueue;
+use super::xsk::{XskError, XskRx, XskSocket, XskTx};
+
+/// Batched packet I/O; see the module documentation for the contract.
+pub trait PacketPort: AsRawFd {
+    /// Takes up to `max` packets off the port and hands the IP packets
+    /// among them to `f`, one call each; returns how many it took. Fewer
+    /// than `max` means the port is drained for now.
+    fn recv_batch(&self, max: usize, f: impl FnMut(&mut [u8])) -> io::Result<usize>;
+
+    /// Queues one IP packet for transmission (sent at the latest by the
+    /// next [`PacketPort::flush`]). `WouldBlock` when the port has no room
+    /// right now.
+    fn send(&self, packet: &[u8]) -> io::Result<()>;
+
+    /// Makes the port transmit what [`PacketPort::send`] queued.
+    fn flush(&self) -> io::Result<()>;
+}
+
+/// The port a worker runs on.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per worker, behind an Rc: boxing would only add a pointer chase per packet"
+)]
+pub enum Port {
+    Tun(TunPort),
+    Xsk(XskPort),
+}
+
+impl Port {
+    /// A port over one TUN queue.
+    pub fn tun(queue: TunQueue) -> Self {
+        Port::Tun(TunPort::new(queue))
+    }
+}
+
+impl PacketPort for Port {
+    #[inline]
+    fn recv_batch(&self, max: usize, f: impl FnMut(&mut [u8])) -> io::Result<usize> {
+        match self {
+            Port::Tun(port) => port.recv_batch(max, f),
+            Port::Xsk(port) => port.recv_batch(max, f),
+        }
+    }
+
+    #[inline]
+    fn send(&self, packet: &[u8]) -> io::Result<()> {
+        match self {
+            Port::Tun(port) => port.send(packet),
+            Port::Xsk(port) => port.send(packet),
+        }
+    }
+
+    #[inline]
+    fn flush(&self) -> io::Result<()> {
+        match self {
+            Port::Tun(port) => port.flush(),
+            Port::Xsk(port) => port.flush(),
+        }
+    }
+}
+
+impl AsRawFd for Port {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Port::Tun(port) => port.as_raw_fd(),
+            Port::Xsk(port) => port.as_raw_fd(),
+        }
+    }
+}
+
+/// Large enough for any packet a TUN queue can deliver.
+const TUN_READ_BUFFER: usize = 65_536;
+
+/// One TUN queue as a port: one `read` per received packet into a reusable
+/// buffer, one `write` per sent packet (the kernel takes it at once, so
+/// [`PacketPort::flush`] has nothing to do).
+#[derive(Debug)]
+pub struct TunPort {
+    queue: TunQueue,
+    /// The receive side: only `recv_batch` touches it.
+    buf: RefCell<Box<[u8]>>,
+}
+
+impl TunPort {
+    pub fn new(queue: TunQueue) -> Self {
+        Self {
+            queue,
+            buf: RefCell::new(vec![0u8; TUN_READ_BUFFER].into_boxed_slice()),
+        }
+    }
+}
+
+impl PacketPort for TunPort {
+    fn recv_batch(&self, max: usize, mut f: impl FnMut(&mut [u8])) -> io::Result<usize> {
+        let mut buf = self.buf.borrow_mut();
+        for n in 0..max {
+            match self.queue.recv(&mut buf) {
+                Ok(len) => f(&mut buf[..len]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(n),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(max)
+    }
+
+    #[inline]
+    fn send(&self, packet: &[u8]) -> io::Result<()> {
+        self.queue.send(packet).map(drop)
+    }
+
+    #[inline]
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRawFd for TunPort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.queue.as_raw_fd()
+    }
+}
+
+/// Bytes of an Ethernet header (no VLAN tag).
+pub const ETH_HEADER: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// One AF_XDP socket as a port, in host mode: the socket is bound to the
+/// gateway end of a veth whose other end carries the host's traffic, and
+/// both MAC addresses are fixed for the port's life.
+///
+/// * Receiving strips the 14-byte Ethernet header and hands on IPv4 and
+///   IPv6 packets only; any other frame (ARP, a VLAN tag, a runt) is
+///   dropped and counted ([`XskPort::dropped_non_ip`]). The XDP classifier
+///   passes ARP and NDP to the kernel, so few should arrive.
+/// * Sending prepends `dst = peer`, `src = ours` and the EtherType that the
+///   packet's IP version calls for, copying header and packet once into a
+///   TX frame; [`PacketPort::flush`] kicks the TX ring once per batch.
+///
+/// Checksums are passed through untouched. Frames that a local
+/// application sends through a veth with TX checksum offload on (veth's
+/// default) carry *partial* TCP/UDP checksums (the pseudo-header sum only),
+/// which smoltcp would reject: host-mode setup turns offload off on the
+/// sending end (`ethtool -K PEER tx off`), so this port need not fix them.
+/// Packets sent here must carry complete checksums (smoltcp's and
+/// `packet::write_udp`'s do).
+///
+/// The socket is split into its receive and transmit halves, each in its
+/// own cell, so that sending while `recv_batch` holds a frame is fine.
+pub struct XskPort {
+    rx: RefCell<XskRx>,
+    tx: RefCell<XskTx>,
+    fd: RawFd,
+    /// `dst` (the peer's MAC) then `src` (ours): the first 12 bytes of
+    /// every frame sent.
+    macs: [u8; 12],
+    dropped_non_ip: Cell<u64>,
+}
+
+impl std::fmt::Debug for XskPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskPort")
+            .field("fd", &self.fd)
+            .field("ours", &mac_text(&self.macs[6..]))
+            .field("peer", &mac_text(&self.macs[..6]))
+            .field("dropped_non_ip", &self.dropped_non_ip.get())
+            .finish_non_exhaustive()
+    }
+}
+
+fn mac_text(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+impl XskPort {
+    /// A port over `socket`, sending frames from `ours` (the MAC of the
+    /// interface the socket is bound to) to `peer` (the MAC of the other
+    /// end: for host mode, the host-side veth).
+    pub fn new(socket: XskSocket, ours: [u8; 6], peer: [u8; 6]) -> Self {
+        let fd = socket.as_raw_fd();
+        let (rx, tx) = socket.split();
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&peer);
+        macs[6..].copy_from_slice(&ours);
+        Self {
+            rx: RefCell::new(rx),
+            tx: RefCell::new(tx),
+            fd,
+            macs,
+            dropped_non_ip: Cell::new(0),
+        }
+    }
+
+    /// The largest IP packet the port carries (a UMEM frame less the
+    /// Ethernet header): the stack's MTU must not exceed it.
+    pub fn max_packet(&self) -> usize {
+        self.tx.borrow().capacity() - ETH_HEADER
+    }
+
+    /// Frames received that were not IPv4 or IPv6 (dropped here).
+    pub fn dropped_non_ip(&self) -> u64 {
+        self.dropped_non_ip.get()
+    }
+}
+
+impl PacketPort for XskPort {
+    fn recv_batch(&self, max: usize, mut f: impl FnMut(&mut [u8])) -> io::Result<usize> {
+        let mut rx = self.rx.borrow_mut();
+        let mut dropped = 0;
+        let mut taken = 0;
+        // The socket hands over at most MAX_BATCH frames a call; keep going
+        // so that "fewer than max" still means "drained".
+        while taken < max {
+            let want = (max - taken).min(XskRx::MAX_BATCH);
+            let n = rx.recv_batch(want, |frame| match ip_packet(frame) {
+                Some(packet) => f(packet),
+                None => dropped += 1,
+            });
+            taken += n;
+            if n < want {
+                break;
+            }
+        }
+        if dropped > 0 {
+            self.dropped_non_ip.set(self.dropped_non_ip.get() + dropped);
+        }
+        Ok(taken)
+    }
+
+    fn send(&self, packet: &[u8]) -> io::Result<()> {
+        let header = ethernet_header(&self.macs, packet).ok_or(io::ErrorKind::InvalidInput)?;
+        self.tx.borrow_mut().send_parts(&header, packet).map_err(xsk_io_error)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.tx.borrow_mut().flush().map_err(xsk_io_error)
+    }
+}
+
+impl AsRawFd for XskPort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+/// The port's view of a socket error: a full TX ring is `WouldBlock`
+/// (cheap: no allocation on the hot path), an oversized packet
+/// `InvalidInput`.
+fn xsk_io_error(error: XskError) -> io::Error {
+    match error {
+        XskError::TxFull { .. } => io::ErrorKind::WouldBlock.into(),
+        XskError::FrameTooLarge { .. } => io::ErrorKind::InvalidInput.into(),
+        XskError::Kick { source, .. } => source,
+        other => io::Error::other(other),
+    }
+}
+
+/// The IP packet in an Ethernet frame: `None` for anything but an untagged
+/// IPv4 or IPv6 frame.
+fn ip_packet(frame: &mut [u8]) -> Option<&mut [u8]> {
+    if frame.len() < ETH_HEADER {
+        return None;
+    }
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    match ethertype {
+        ETHERTYPE_IPV4 | ETHERTYPE_IPV6 => Some(&mut frame[ETH_HEADER..]),
+        _ => None,
+    }
+}
+
+/// The Ethernet header for `packet`: `macs` (destination, then source) and
+/// the EtherType of the packet's IP version; `None` when it is neither IPv4
+/// nor IPv6.
+fn ethernet_header(macs: &[u8; 12], packet: &[u8]) -> Option<[u8; ETH_HEADER]> {
+    let ethertype = match packet.first()? >> 4 {
+        4 => ETHERTYPE_IPV4,
+        6 => ETHERTYPE_IPV6,
+        _ => return None,
+    };
+    let mut header = [0u8; ETH_HEADER];
+    header[..12].copy_from_slice(macs);
+    header[12..].copy_from_slice(&ethertype.to_be_bytes());
+    Some(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    const PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+    fn macs() -> [u8; 12] {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&PEER);
+        macs[6..].copy_from_slice(&OURS);
+        macs
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_get_their_ethertype_and_the_fixed_macs() {
+        let v4 = [0x45, 0, 0, 20];
+        assert_eq!(
+            ethernet_header(&macs(), &v4).unwrap(),
+            [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]
+        );
+        let v6 = [0x60, 0, 0, 0];
+        assert_eq!(
+            ethernet_header(&macs(), &v6).unwrap(),
+            [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd]
+        );
+    }
+
+    #[test]
+    fn anything_but_ip_gets_no_header() {
+        assert_eq!(ethernet_header(&macs(), &[]), None);
+        assert_eq!(ethernet_header(&macs(), &[0x55, 0]), None);
+        assert_eq!(ethernet_header(&macs(), &[0x00]), None);
+    }
+
+    #[test]
+    fn receiving_strips_the_header_of_ip_frames_only() {
+        let mut v4 = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00, 0x45, 0, 0, 20];
+        assert_eq!(ip_packet(&mut v4).unwrap(), &[0x45, 0, 0, 20]);
+        let mut v6 = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x86, 0xdd, 0x60, 0, 0, 0];
+        assert_eq!(ip_packet(&mut v6).unwrap(), &[0x60, 0, 0, 0]);
+        // Header only: an empty packet (the worker counts it malformed).
+        let mut bare = vec![0u8; 12];
+        bare.extend_from_slice(&[0x08, 0x00]);
+        assert_eq!(ip_packet(&mut bare).unwrap(), &[] as &[u8]);
+
+        let mut arp = vec![0xff; 12];
+        arp.extend_from_slice(&[0x08, 0x06, 0, 1]);
+        assert_eq!(ip_packet(&mut arp), None);
+        let mut vlan = vec![0; 12];
+        vlan.extend_from_slice(&[0x81, 0x00, 0, 5, 0x08, 0x00, 0x45]);
+        assert_eq!(ip_packet(&mut vlan), None);
+        assert_eq!(ip_packet(&mut [0x08, 0x00]), None);
+    }
+
+    #[test]
+    fn a_full_ring_reads_as_would_block() {
+        let error = xsk_io_error(XskError::TxFull { in_flight: 3 });
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        let error = xsk_io_error(XskError::FrameTooLarge {
+            len: 5000,
+            capacity: 3840,
+        });
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    }
+}
