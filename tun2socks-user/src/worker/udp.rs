@@ -21,8 +21,8 @@ use tracing::debug;
 
 use super::limit_log::{Limit, LimitLog};
 use super::{Shared, dns};
-use crate::dns::service::DNS_PORT;
 use crate::device::port::PacketPort;
+use crate::dns::service::DNS_PORT;
 use crate::dns::{DnsRoute, FakeIpPool, PinGuard};
 use crate::packet::{FlowKey, write_udp};
 use crate::proxy::socks5::{UdpHeaderError, decode_udp_header, encode_udp_header};
