@@ -20,18 +20,18 @@
 //!
 //! Run: `cargo test -p tun2socks --test xsk_port`
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use tun2socks::device::port::{PacketPort, XskPort};
 use tun2socks::device::xsk::{XskConfig, XskMode, XskSocket};
-use tun2socks::netns;
 use tun2socks::packet::{Classified, classify, write_udp};
 use tun2socks::xdp::{AddressPlan, XdpClassifier};
+
+mod common;
+use common::ip;
+use common::veth::{End, VethLab, in_ns, mac};
 
 const GW_IF: &str = "pg";
 const CL_IF: &str = "pc";
@@ -57,18 +57,24 @@ fn xsk_port_unframes_received_packets_and_frames_sent_ones() {
         eprintln!("skipped: needs root (namespaces, CAP_BPF, CAP_NET_ADMIN)");
         return;
     }
-    let lab = Lab::new();
-    let gw = lab.gw.clone();
-    let cl = lab.cl.clone();
-    let result = thread::spawn(move || {
-        netns::enter(&gw).expect("enter the gateway namespace");
-        gateway(&gw, &cl)
-    })
-    .join();
-    drop(lab);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    let lab = VethLab::new(
+        "xport",
+        1,
+        &End {
+            dev: GW_IF,
+            v4: GW_V4,
+            v6: GW_V6,
+        },
+        &End {
+            dev: CL_IF,
+            v4: CL_V4,
+            v6: CL_V6,
+        },
+    );
+    let cl = &lab.cl;
+    ip(&format!("-n {cl} route add 198.51.100.0/24 via {GW_V4}"));
+    ip(&format!("-n {cl} -6 route add 2001:db8:100::/48 via {GW_V6}"));
+    lab.run_in_gateway(gateway);
 }
 
 fn gateway(gw: &str, cl: &str) {
@@ -159,128 +165,4 @@ fn wait_readable(port: &XskPort, timeout: Duration) {
     };
     // SAFETY: one valid pollfd for the call's duration.
     unsafe { libc::poll(&mut pollfd, 1, timeout.as_millis() as libc::c_int) };
-}
-
-/// The two namespaces and the veth between them; removed on drop.
-struct Lab {
-    gw: String,
-    cl: String,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let pid = std::process::id();
-        let lab = Lab {
-            gw: format!("t2s-xport-{pid}-gw"),
-            cl: format!("t2s-xport-{pid}-cl"),
-        };
-        for ns in [&lab.gw, &lab.cl] {
-            // A namespace left over by a killed run of this pid would make
-            // `add` fail; it is ours, so take it down.
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            ip(&format!("netns add {ns}"));
-            ip(&format!("-n {ns} link set lo up"));
-        }
-        let (gw, cl) = (&lab.gw, &lab.cl);
-        ip(&format!(
-            "-n {gw} link add {GW_IF} type veth peer name {CL_IF} netns {cl}"
-        ));
-        for (ns, dev, v4, v6) in [(gw, GW_IF, GW_V4, GW_V6), (cl, CL_IF, CL_V4, CL_V6)] {
-            ip(&format!("-n {ns} link set {dev} addrgenmode none"));
-            ip(&format!("-n {ns} addr add {v4}/24 dev {dev}"));
-            ip(&format!("-n {ns} -6 addr add {v6}/64 dev {dev} nodad"));
-            ip(&format!("-n {ns} link set {dev} up"));
-        }
-        // Host-mode setup turns TX checksum offload off on the sending end,
-        // so frames arrive with complete checksums (see XskPort).
-        in_ns(cl, || disable_tx_checksum_offload(CL_IF)).expect("ethtool -K pc tx off");
-        ip(&format!("-n {cl} route add 198.51.100.0/24 via {GW_V4}"));
-        ip(&format!("-n {cl} -6 route add 2001:db8:100::/48 via {GW_V6}"));
-        lab
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.gw, &self.cl] {
-            match Command::new("ip").args(["netns", "del", ns]).output() {
-                Ok(out) if out.status.success() => {}
-                other => eprintln!("ip netns del {ns}: {other:?}"),
-            }
-        }
-    }
-}
-
-/// Runs `ip ARGS` (whitespace-separated); panics on failure.
-fn ip(args: &str) -> String {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `ethtool -K DEV tx off` for `dev` in the calling thread's namespace
-/// (the legacy `ETHTOOL_STXCSUM` ioctl; ethtool itself may be missing).
-fn disable_tx_checksum_offload(dev: &str) -> io::Result<()> {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(dev.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points
-    // to, both alive for the call.
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut ifr) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// The MAC address of `dev` in namespace `ns`.
-fn mac(ns: &str, dev: &str) -> [u8; 6] {
-    let out = ip(&format!("-n {ns} -o link show dev {dev}"));
-    let text = out
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in {out}"));
-    let mut mac = [0u8; 6];
-    for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(hex, 16).unwrap();
-    }
-    mac
-}
-
-/// Runs `f` on a thread in namespace `ns` (the calling thread stays where
-/// it is).
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                netns::enter(ns).expect("enter namespace");
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tun2socks::setup::{self, ExistingDevice, SetupPlan};
 
+pub mod veth;
+
 pub const MARK: u32 = 0x2d;
 pub const TABLE: u32 = 100;
 pub const PRIORITY: u32 = 1000;

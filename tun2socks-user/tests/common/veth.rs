@@ -1,0 +1,152 @@
+//! Two named namespaces joined by a veth, for the AF_XDP tests (xsk.rs,
+//! xsk_port.rs): `gw`, where the XDP program and the AF_XDP sockets run,
+//! and `cl`, the client. Both ends get an IPv4 and an IPv6 address (no
+//! link-local ones, no DAD: less traffic that is not the test's), and the
+//! client's end has TX checksum offload off, as host-mode setup will do, so
+//! its frames carry complete checksums. The namespaces are named after the
+//! test's pid and removed on drop, also when the test fails.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::thread;
+
+use tun2socks::netns;
+
+use super::ip;
+
+/// One end of the veth: its namespace role's interface name and addresses.
+pub struct End {
+    pub dev: &'static str,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+pub struct VethLab {
+    pub gw: String,
+    pub cl: String,
+}
+
+impl VethLab {
+    /// Namespaces `t2s-<tag>-<pid>-gw` and `-cl`, joined by a veth with
+    /// `queues` RX and TX queues on each end.
+    pub fn new(tag: &str, queues: u32, gw_end: &End, cl_end: &End) -> VethLab {
+        let pid = std::process::id();
+        let lab = VethLab {
+            gw: format!("t2s-{tag}-{pid}-gw"),
+            cl: format!("t2s-{tag}-{pid}-cl"),
+        };
+        for ns in [&lab.gw, &lab.cl] {
+            // A namespace left over by a killed run of this pid would make
+            // `add` fail; it is ours, so take it down.
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            ip(&format!("netns add {ns}"));
+            ip(&format!("-n {ns} link set lo up"));
+        }
+        let (gw, cl) = (&lab.gw, &lab.cl);
+        let (gw_if, cl_if) = (gw_end.dev, cl_end.dev);
+        ip(&format!(
+            "-n {gw} link add {gw_if} numtxqueues {queues} numrxqueues {queues} type veth \
+             peer name {cl_if} numtxqueues {queues} numrxqueues {queues} netns {cl}"
+        ));
+        for (ns, end) in [(gw, gw_end), (cl, cl_end)] {
+            let (dev, v4, v6) = (end.dev, end.v4, end.v6);
+            ip(&format!("-n {ns} link set {dev} addrgenmode none"));
+            ip(&format!("-n {ns} addr add {v4}/24 dev {dev}"));
+            ip(&format!("-n {ns} -6 addr add {v6}/64 dev {dev} nodad"));
+            ip(&format!("-n {ns} link set {dev} up"));
+        }
+        // With TX checksum offload (veth's default) the client's frames
+        // cross the veth with partial TCP/UDP checksums (pseudo-header
+        // only), and so they reach the AF_XDP socket.
+        in_ns(cl, || disable_tx_checksum_offload(cl_if)).expect("ethtool -K <client end> tx off");
+        lab
+    }
+
+    /// Runs `f(gw, cl)` on a thread inside `gw`; then removes the lab and
+    /// passes on a panic of `f` (the test's failure).
+    pub fn run_in_gateway(self, f: impl FnOnce(&str, &str) + Send + 'static) {
+        let (gw, cl) = (self.gw.clone(), self.cl.clone());
+        let result = thread::spawn(move || {
+            netns::enter(&gw).expect("enter the gateway namespace");
+            f(&gw, &cl)
+        })
+        .join();
+        drop(self);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+impl Drop for VethLab {
+    fn drop(&mut self) {
+        for ns in [&self.gw, &self.cl] {
+            match Command::new("ip").args(["netns", "del", ns]).output() {
+                Ok(out) if out.status.success() => {}
+                other => eprintln!("ip netns del {ns}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// `ethtool -K DEV tx off` for `dev` in the calling thread's namespace
+/// (the legacy `ETHTOOL_STXCSUM` ioctl; ethtool itself may be missing).
+pub fn disable_tx_checksum_offload(dev: &str) -> io::Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(dev.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points
+    // to, both alive for the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut ifr) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The MAC address of `dev` in namespace `ns`.
+pub fn mac(ns: &str, dev: &str) -> [u8; 6] {
+    let out = ip(&format!("-n {ns} -o link show dev {dev}"));
+    let text = out
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {out}"));
+    let mut mac = [0u8; 6];
+    for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(hex, 16).unwrap();
+    }
+    mac
+}
+
+/// Runs `f` on a thread in namespace `ns` (the calling thread stays where
+/// it is).
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                netns::enter(ns).expect("enter namespace");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
