@@ -28,6 +28,9 @@ use tun2socks::device::tun::{TunQueue, open_queues};
 use tun2socks::steering::{self, queue_for_packet};
 use tun2socks_ebpf::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, flow_key};
 
+mod common;
+use common::is_root;
+
 const DEVICE: &str = "t2s-steer";
 const LOCAL_V4: Ipv4Addr = Ipv4Addr::new(10, 76, 0, 1);
 const LOCAL_V6: Ipv6Addr = Ipv6Addr::new(0xfd76, 0, 0, 0, 0, 0, 0, 1);
@@ -121,11 +124,6 @@ fn drop_effective_capabilities(caps: &[u32]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn check_steering(queues: usize) {

@@ -35,8 +35,8 @@ use tun2socks::xdp::{AddressPlan, XdpAttachMode, XdpClassifier, XdpCounts};
 use tun2socks_ebpf::xdp::XdpCounter;
 
 mod common;
-use common::ip;
 use common::veth::{End, VethLab, in_ns, mac};
+use common::{ip, is_root};
 
 const GW_IF: &str = "xg";
 const CL_IF: &str = "xc";
@@ -58,11 +58,6 @@ const UDP_DATAGRAMS: u16 = 4;
 /// How long to keep reading once the expected frames are in.
 const QUIET: Duration = Duration::from_millis(300);
 const CAPTURE_LIMIT: Duration = Duration::from_secs(5);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 #[test]
 fn xdp_classifier_and_af_xdp_sockets_on_a_two_queue_veth() {

@@ -30,8 +30,8 @@ use tun2socks::packet::{Classified, classify, write_udp};
 use tun2socks::xdp::{AddressPlan, XdpClassifier};
 
 mod common;
-use common::ip;
 use common::veth::{End, VethLab, in_ns, mac};
+use common::{ip, is_root};
 
 const GW_IF: &str = "pg";
 const CL_IF: &str = "pc";
@@ -45,11 +45,6 @@ const REMOTE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
 const REMOTE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x20);
 
 const WAIT: Duration = Duration::from_secs(5);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 #[test]
 fn xsk_port_unframes_received_packets_and_frames_sent_ones() {

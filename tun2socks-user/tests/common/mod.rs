@@ -59,6 +59,12 @@ pub fn netns_inode(path: &str) -> u64 {
     netns_id(path).1
 }
 
+/// Whether the tests run as root (namespaces, CAP_BPF, CAP_NET_ADMIN).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Runs `ip ARGS` (whitespace-separated) and returns its stdout; panics on failure.
 pub fn ip(args: &str) -> String {
     let out = Command::new("ip")

@@ -11,7 +11,7 @@ use lab::servers::dante_url;
 use serde::{Deserialize, Serialize};
 
 use super::peer;
-use super::testbed::{Routed, Testbed, dante, target, wait_until};
+use super::testbed::{Routed, Testbed, dante, target};
 
 /// What carries the traffic from `app` to `srv`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,24 +159,8 @@ impl<'a> Running<'a> {
     /// One successful connect + echo through the path, retried for a while
     /// (routes and devices settle).
     fn wait_path(&mut self, bed: &Testbed, variant: &Variant) -> Result<()> {
-        let mut args = vec!["conn-rate".to_owned(), "--secs".into(), "0.2".into()];
-        args.extend(self.path_args());
-        let mut last_error = None;
-        wait_until(
-            &format!("a connection through {}", variant.label()),
-            Duration::from_secs(20),
-            || {
-                self.ensure_running()?;
-                match bed.run_load("conn", &args, Duration::from_secs(15)) {
-                    Ok(_) => Ok(true),
-                    Err(e) => {
-                        last_error = Some(e);
-                        Ok(false)
-                    }
-                }
-            },
-        )
-        .with_context(|| format!("last attempt: {last_error:?}"))
+        let path = self.path_args();
+        bed.wait_for_path(&variant.label(), &path, || self.ensure_running())
     }
 
     /// Stops the implementation: SIGTERM, and a second one if it is still

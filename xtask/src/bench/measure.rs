@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use super::impls::{Binaries, Running, Variant};
 use super::stats::{Group, Metric, Results};
-use super::testbed::{Fields, Testbed, proc_cpu_seconds, proc_rss_bytes, result_line, wait_until};
+use super::testbed::{Fields, Testbed, field, proc_cpu_seconds, proc_rss_bytes, result_line, wait_until};
 use crate::signal;
 
 /// Durations and sizes of the measurements.
@@ -306,13 +306,6 @@ impl Measurer<'_> {
         });
         Ok(())
     }
-}
-
-fn field(fields: &Fields, key: &str) -> Result<f64> {
-    fields
-        .get(key)
-        .copied()
-        .with_context(|| format!("no {key} in {fields:?}"))
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

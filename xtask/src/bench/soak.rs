@@ -23,7 +23,7 @@ use lab::topology::{addr, udp_error_report};
 use lab::{Daemon, Netns};
 use serde::Serialize;
 
-use super::testbed::{Fields, Testbed, proc_cpu_seconds, proc_rss_bytes, result_line, target, wait_exit, wait_until};
+use super::testbed::{Fields, Testbed, field, proc_cpu_seconds, proc_rss_bytes, result_line, target, wait_exit};
 use super::{DEFAULT_MTU, utc_text};
 use crate::{section, signal};
 
@@ -499,7 +499,8 @@ pub fn run(minutes: f64, daemon_bin: &Path, load_tool: &Path, out: Option<PathBu
     cmd.env("RUST_LOG", "info");
     let mut daemon = Daemon::start_command(bed.lab(), cmd)?;
     let pid = daemon.pid();
-    wait_for_path(&bed, &mut daemon)?;
+    let path = vec!["--to".to_owned(), target().to_string()];
+    bed.wait_for_path("the tunnel", &path, || daemon.ensure_running())?;
 
     section(&format!(
         "soak: {} of mixed load (warm-up {} s), RSS every {} s",
@@ -670,27 +671,6 @@ pub fn run(minutes: f64, daemon_bin: &Path, load_tool: &Path, out: Option<PathBu
     Ok(())
 }
 
-/// One connection through the tunnel, retried for a while (routes and the
-/// device settle after `ready`).
-fn wait_for_path(bed: &Testbed, daemon: &mut Daemon) -> Result<()> {
-    let args: Vec<String> = ["conn-rate", "--secs", "0.2", "--to", &target().to_string()]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let mut last_error = None;
-    wait_until("a connection through the tunnel", Duration::from_secs(20), || {
-        daemon.ensure_running()?;
-        match bed.run_load("conn", &args, Duration::from_secs(15)) {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                last_error = Some(e);
-                Ok(false)
-            }
-        }
-    })
-    .with_context(|| format!("last attempt: {last_error:?}"))
-}
-
 /// The daemon's exit: status 0, one `worker finished` line per worker, no
 /// ERROR line, and every counter of [`ERROR_COUNTERS`] 0. The summed
 /// counters go into `counters`.
@@ -798,13 +778,6 @@ fn write_outputs(dir: &Path, report: &Report, text: &str) -> Result<()> {
     fs::write(dir.join("rss.csv"), csv).context("writing rss.csv")?;
     println!("written to {}", dir.display());
     Ok(())
-}
-
-fn field(fields: &Fields, key: &str) -> Result<f64> {
-    fields
-        .get(key)
-        .copied()
-        .with_context(|| format!("no {key} in {fields:?}"))
 }
 
 fn first_line(text: &str) -> &str {

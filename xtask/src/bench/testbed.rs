@@ -91,6 +91,26 @@ impl Testbed {
         result_line(&log, kind).with_context(|| format!("{shown} printed no `{kind}` line:\n{log}"))
     }
 
+    /// Waits (20 s at most) until a short connection-rate run through
+    /// `path_args` succeeds: the path is up (routes and devices settle).
+    /// `alive` fails if the implementation has died meanwhile.
+    pub fn wait_for_path(&self, what: &str, path_args: &[String], mut alive: impl FnMut() -> Result<()>) -> Result<()> {
+        let mut args = vec!["conn-rate".to_owned(), "--secs".into(), "0.2".into()];
+        args.extend_from_slice(path_args);
+        let mut last_error = None;
+        wait_until(&format!("a connection through {what}"), Duration::from_secs(20), || {
+            alive()?;
+            match self.run_load("conn", &args, Duration::from_secs(15)) {
+                Ok(_) => Ok(true),
+                Err(e) => {
+                    last_error = Some(e);
+                    Ok(false)
+                }
+            }
+        })
+        .with_context(|| format!("last attempt: {last_error:?}"))
+    }
+
     /// Starts the load tool in `app` in the background (killed on drop).
     pub fn spawn_load(&self, args: &[String]) -> Result<Process> {
         Process::spawn("t2s-load", self.load_command(args), &self.lab.log_path("load"))
@@ -182,6 +202,14 @@ pub fn result_line(log: &str, kind: &str) -> Option<Fields> {
             .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
             .collect(),
     )
+}
+
+/// One numeric field of a result line.
+pub fn field(fields: &Fields, key: &str) -> Result<f64> {
+    fields
+        .get(key)
+        .copied()
+        .with_context(|| format!("no {key} in {fields:?}"))
 }
 
 /// Resident memory of a process, in bytes.
