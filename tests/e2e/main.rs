@@ -13,6 +13,7 @@ mod crash; // issue 6: kill -9 during setup and under load, then cleanup / resta
 mod curl; // 1. curl via dante and microsocks, IPv4 and IPv6
 mod dns; // issue 3: 3. dig in udp and over-tcp modes, 4. fake-ip by name
 mod errors; // one-line errors for bad configurations
+mod host_mode; // issue 4: the core datapath over AF_XDP (--device veth://NAME)
 mod lab_check; // the lab alone, without the daemon
 mod limits; // issue 6: session and buffer-memory limits refuse, log once, recover
 mod ops; // issue 7: metrics, stats, --no-setup, single-queue device, http and direct upstreams, unit capabilities

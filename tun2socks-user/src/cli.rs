@@ -63,9 +63,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub proxy_file: Option<PathBuf>,
 
-    /// The TUN device to create, or to adopt if it exists (made by `ip tuntap add mode tun multi_queue`).
-    #[arg(long, value_name = "tun://NAME", default_value = "tun://tun2socks0", value_parser = parse_device)]
-    pub device: String,
+    /// Packet I/O: tun://NAME, a multi-queue TUN device (created, or adopted if made by
+    /// `ip tuntap add mode tun multi_queue`); veth://NAME, host mode over AF_XDP: a veth pair NAME /
+    /// NAME's peer (NAME + "x") with one queue per worker, the peer served by XDP and AF_XDP sockets.
+    #[arg(long, value_name = "tun://NAME|veth://NAME", default_value = "tun://tun2socks0", value_parser = parse_device)]
+    pub device: DeviceSpec,
 
     /// Worker threads, one TUN queue and one core each [default: online CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -195,8 +197,8 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         netns: Option<String>,
         /// The instance of this device, when several run in the namespace.
-        #[arg(long, value_name = "tun://NAME", value_parser = parse_device)]
-        device: Option<String>,
+        #[arg(long, value_name = "tun://NAME|veth://NAME", value_parser = parse_device)]
+        device: Option<DeviceSpec>,
     },
     /// Roll back the network setup of instances that died without undoing it (journals in /run/tun2socks/).
     Cleanup {
@@ -290,12 +292,64 @@ impl Cli {
     }
 }
 
-pub(crate) fn parse_device(s: &str) -> Result<String, String> {
-    let name = s
-        .strip_prefix("tun://")
-        .ok_or_else(|| format!("{s:?}: expected tun://NAME"))?;
+/// How the daemon gets its packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A multi-queue TUN device, one queue per worker.
+    Tun,
+    /// Host mode: a veth pair we create, its far end served by XDP and one
+    /// AF_XDP socket per worker.
+    Veth,
+}
+
+/// `--device`: the kind of device and the name of the interface the
+/// host's traffic is routed into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub kind: DeviceKind,
+    pub name: String,
+}
+
+impl DeviceSpec {
+    /// In host mode, the name of the veth's far end (the one XDP and the
+    /// AF_XDP sockets serve): the device's name with an `x` appended.
+    pub fn peer(&self) -> Option<String> {
+        match self.kind {
+            DeviceKind::Tun => None,
+            DeviceKind::Veth => Some(format!("{}x", self.name)),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.kind {
+            DeviceKind::Tun => "tun",
+            DeviceKind::Veth => "veth",
+        };
+        write!(f, "{scheme}://{}", self.name)
+    }
+}
+
+pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    let (kind, name) = if let Some(name) = s.strip_prefix("tun://") {
+        (DeviceKind::Tun, name)
+    } else if let Some(name) = s.strip_prefix("veth://") {
+        (DeviceKind::Veth, name)
+    } else {
+        return Err(format!("{s:?}: expected tun://NAME or veth://NAME"));
+    };
     crate::device::tun::validate_name(name).map_err(|e| e.to_string())?;
-    Ok(name.to_string())
+    let spec = DeviceSpec {
+        kind,
+        name: name.to_string(),
+    };
+    // The peer's name must be a valid interface name too.
+    if let Some(peer) = spec.peer() {
+        crate::device::tun::validate_name(&peer)
+            .map_err(|_| format!("{s:?}: the name is too long for its veth peer {peer:?} (at most 14 characters)"))?;
+    }
+    Ok(spec)
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -331,7 +385,8 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = parse(&["--proxy", "socks5://10.0.1.2:1080"]).unwrap();
-        assert_eq!(cli.device, "tun2socks0");
+        assert_eq!(cli.device.name, "tun2socks0");
+        assert_eq!(cli.device.kind, DeviceKind::Tun);
         assert_eq!(cli.fwmark, DEFAULT_FWMARK);
         assert_eq!(cli.table(), DEFAULT_FWMARK);
         assert!(cli.routes.is_empty());
@@ -364,7 +419,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (cli.device.as_str(), cli.workers(), cli.mtu, cli.fwmark),
+            (cli.device.name.as_str(), cli.workers(), cli.mtu, cli.fwmark),
             ("t0", 2, 1500, 256)
         );
         assert_eq!(cli.routes.len(), 2);
@@ -372,10 +427,19 @@ mod tests {
     }
 
     #[test]
+    fn veth_devices_name_their_peer() {
+        let cli = parse(&["--proxy", "socks5://x:1", "--device", "veth://t2s0"]).unwrap();
+        assert_eq!(cli.device.kind, DeviceKind::Veth);
+        assert_eq!(cli.device.peer().as_deref(), Some("t2s0x"));
+        assert_eq!(cli.device.to_string(), "veth://t2s0");
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         assert!(parse(&["--proxy", "ftp://x:1"]).is_err());
         assert!(parse(&["--proxy", "socks5://x:1", "--device", "tap://x"]).is_err());
         assert!(parse(&["--proxy", "socks5://x:1", "--device", "tun://way-too-long-name0"]).is_err());
+        assert!(parse(&["--proxy", "socks5://x:1", "--device", "veth://fifteen-chars-0"]).is_err());
         assert!(parse(&["--proxy", "socks5://x:1", "--route", "10.0.0.0/33"]).is_err());
         assert!(parse(&["--proxy", "socks5://x:1", "--workers", "0"]).is_err());
         assert!(parse(&["--proxy", "socks5://x:1", "--mtu", "100"]).is_err());

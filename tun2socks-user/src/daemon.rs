@@ -14,10 +14,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::cli::Cli;
+use crate::cli::{Cli, DeviceKind};
 use crate::device::port::Port;
 use crate::device::tun::{self, TunError, TunQueue};
 use crate::dns::{DnsMode, DnsService, FakeIpConfig, FakeIpPool};
+use crate::host_mode::{self, HostDevice};
 use crate::journal::{self, Journal};
 use crate::proxy::Upstream;
 use crate::setup::{self, ExistingDevice, SetupError, SetupPlan};
@@ -50,7 +51,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     // What a killed instance left behind goes first: the namespace gets
     // back to where it was before we add anything.
     let journal_dir = Path::new(journal::DEFAULT_DIR);
-    let report = journal::recover(journal_dir, Some(&cli.device))
+    let report = journal::recover(journal_dir, Some(&cli.device.name))
         .await
         .context("rolling back what a previous instance left behind (see `tun2socks cleanup`)")?;
     if !report.rolled_back.is_empty() {
@@ -66,11 +67,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     };
     let dns = dns_service(&cli, &addresses)?;
     let plan = plan(&cli, addresses, &dns);
-    let created = check_device(&cli.device).await?;
+    let created = check_device(&cli.device.name, cli.device.kind).await?;
+    if let Some(peer) = cli.device.peer() {
+        check_device(&peer, DeviceKind::Veth).await?;
+    }
     // ops: bound now, so that a taken --metrics port fails before anything changes.
     let endpoints = metrics::Endpoints::bind(&cli)?;
 
-    let mut journal = Journal::create(journal_dir, &cli.device, created).context("starting the setup journal")?;
+    let mut journal = Journal::create(journal_dir, &cli.device.name, created).context("starting the setup journal")?;
     let signals = Signals {
         term: &mut sigterm,
         int: &mut sigint,
@@ -103,23 +107,9 @@ async fn tunnel(
     signals: Signals<'_>,
     endpoints: metrics::Endpoints,
 ) -> (anyhow::Result<()>, bool) {
-    let queues = match tun::open_queues(&cli.device, cli.workers()) {
-        Ok(queues) => queues,
-        Err(e) => return (Err(explain_tun_error(e)), true),
-    };
-    // Keeps the device (and its queue 0) alive until the network setup is
-    // undone, even after the workers closed their queues.
-    let keepalive: OwnedFd = match queues[0].as_fd().try_clone_to_owned() {
-        Ok(fd) => fd,
-        Err(e) => return (Err(e).context("duplicating a TUN queue fd"), true),
-    };
-    let mut steering = match steering::attach(queues[0].as_fd()) {
-        Ok(steering) => Some(steering),
-        Err(e) => {
-            warn!(error = %e, "flow steering unavailable: running on the kernel's own queue choice, \
-                   so a flow may change workers on a retransmission timeout");
-            None
-        }
+    let mut device = match Opened::open(cli, plan, journal).await {
+        Ok(device) => device,
+        Err(e) => return (Err(e), true),
     };
     // ops: with --no-setup addresses, routes and rules are the user's (iproute2).
     let applied = if cli.no_setup {
@@ -133,7 +123,8 @@ async fn tunnel(
         Err(e) => {
             // A failed apply rolls itself back, unless it says otherwise.
             let undone = !matches!(e, SetupError::RollbackIncomplete { .. });
-            return (Err(e).context("configuring the network"), undone);
+            let closed = device.close().await;
+            return (Err(e).context("configuring the network"), undone && closed);
         }
     };
     // Setup is done: from here on only CAP_NET_ADMIN (marks, undo) is kept.
@@ -141,9 +132,10 @@ async fn tunnel(
         Ok(()) => info!("dropped every capability but CAP_NET_ADMIN"),
         Err(e) => warn!(error = %e, "could not drop capabilities; running with those we were given"),
     }
-    let ebpf_counters = steering.as_mut().and_then(Steering::take_counters).map(Arc::new);
-    let result = run_workers(cli, upstream, dns, queues, signals, endpoints, ebpf_counters).await;
-    let undone = match applied {
+    let ebpf_counters = device.take_steer_counters();
+    let ports = device.take_ports();
+    let result = run_workers(cli, plan.mtu, upstream, dns, ports, signals, endpoints, ebpf_counters).await;
+    let mut undone = match applied {
         None => true,
         Some(applied) => match applied.undo().await {
             Ok(()) => true,
@@ -153,8 +145,88 @@ async fn tunnel(
             }
         },
     };
-    drop(keepalive);
+    undone &= device.close().await;
     (result, undone)
+}
+
+/// The device the workers' ports come from, with what has to live as long
+/// as the network setup does.
+enum Opened {
+    Tun {
+        queues: Vec<TunQueue>,
+        /// Keeps the device (and its queue 0) alive until the network
+        /// setup is undone, even after the workers closed their queues.
+        keepalive: OwnedFd,
+        steering: Option<Steering>,
+    },
+    Host(HostDevice),
+}
+
+impl Opened {
+    async fn open(cli: &Cli, plan: &SetupPlan, journal: &mut Journal) -> anyhow::Result<Opened> {
+        match cli.device.kind {
+            DeviceKind::Tun => Self::open_tun(cli),
+            DeviceKind::Veth => {
+                let peer = cli.device.peer().expect("a veth device has a peer");
+                let host = HostDevice::open(&cli.device.name, &peer, cli.workers(), plan, journal).await?;
+                info!(device = %cli.device.name, %peer, mtu = host.mtu, "host mode: AF_XDP on a veth pair");
+                Ok(Opened::Host(host))
+            }
+        }
+    }
+
+    fn open_tun(cli: &Cli) -> anyhow::Result<Opened> {
+        let queues = tun::open_queues(&cli.device.name, cli.workers()).map_err(explain_tun_error)?;
+        let keepalive = queues[0]
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating a TUN queue fd")?;
+        let steering = match steering::attach(queues[0].as_fd()) {
+            Ok(steering) => Some(steering),
+            Err(e) => {
+                warn!(error = %e, "flow steering unavailable: running on the kernel's own queue choice, \
+                       so a flow may change workers on a retransmission timeout");
+                None
+            }
+        };
+        Ok(Opened::Tun {
+            queues,
+            keepalive,
+            steering,
+        })
+    }
+
+    fn take_steer_counters(&mut self) -> Option<Arc<SteerCounters>> {
+        match self {
+            Opened::Tun { steering, .. } => steering.as_mut().and_then(Steering::take_counters).map(Arc::new),
+            Opened::Host(_) => None,
+        }
+    }
+
+    /// One port per worker.
+    fn take_ports(&mut self) -> Vec<Port> {
+        match self {
+            Opened::Tun { queues, .. } => std::mem::take(queues).into_iter().map(Port::tun).collect(),
+            Opened::Host(host) => host.take_ports().into_iter().map(Port::Xsk).collect(),
+        }
+    }
+
+    /// Closes the device; false when something it made could not be removed.
+    async fn close(self) -> bool {
+        match self {
+            Opened::Tun { keepalive, .. } => {
+                drop(keepalive);
+                true
+            }
+            Opened::Host(host) => match host.close().await {
+                Ok(()) => true,
+                Err(e) => {
+                    error!(error = format!("{e:#}"), "closing the host-mode device");
+                    false
+                }
+            },
+        }
+    }
 }
 
 /// `tun2socks cleanup`: rolls back the setup of every instance in this
@@ -201,10 +273,16 @@ async fn upstream(cli: &Cli) -> anyhow::Result<Upstream> {
 }
 
 /// Checks that `name` is free or an adoptable TUN device; true when free (we
-/// will create the device).
-async fn check_device(name: &str) -> anyhow::Result<bool> {
-    match setup::inspect_device(name).await.context("inspecting the device")? {
+/// will create the device). Host mode creates its veth pair, so both names
+/// must be free.
+async fn check_device(name: &str, kind: DeviceKind) -> anyhow::Result<bool> {
+    let existing = setup::inspect_device(name).await.context("inspecting the device")?;
+    match existing {
         ExistingDevice::Absent => Ok(true),
+        _ if kind == DeviceKind::Veth => bail!(
+            "host mode creates the veth pair itself, but the name {name} is taken; \
+             delete the link (`ip link del {name}`) or choose another --device veth://NAME"
+        ),
         ExistingDevice::Tun {
             multi_queue: true,
             persistent,
@@ -317,6 +395,17 @@ fn fake_ip_pool(cli: &Cli, device: &[IpNet], listen: &[IpAddr]) -> anyhow::Resul
 }
 
 fn plan(cli: &Cli, addresses: Vec<IpNet>, dns: &DnsService) -> SetupPlan {
+    let mtu = match cli.device.kind {
+        DeviceKind::Veth if cli.mtu > host_mode::MAX_MTU => {
+            info!(
+                requested = cli.mtu,
+                mtu = host_mode::MAX_MTU,
+                "host mode: MTU capped (XDP on a veth takes one page per frame)"
+            );
+            host_mode::MAX_MTU
+        }
+        _ => cli.mtu,
+    };
     let mut routes = if cli.routes.is_empty() {
         let mut routes = vec![IpNet::new(IpAddr::from([0u8; 4]), 0).expect("valid")];
         if ipv6_enabled() {
@@ -333,8 +422,8 @@ fn plan(cli: &Cli, addresses: Vec<IpNet>, dns: &DnsService) -> SetupPlan {
         routes.extend(dns.listen.iter().map(|a| IpNet::from(*a)));
     }
     SetupPlan {
-        device: cli.device.clone(),
-        mtu: cli.mtu,
+        device: cli.device.name.clone(),
+        mtu,
         addresses,
         routes,
         bypass: cli.bypass.clone(),
@@ -344,11 +433,13 @@ fn plan(cli: &Cli, addresses: Vec<IpNet>, dns: &DnsService) -> SetupPlan {
     }
 }
 
+#[expect(clippy::too_many_arguments, reason = "the daemon's parts, each used once")]
 async fn run_workers(
     cli: &Cli,
+    mtu: u32,
     upstream: Upstream,
     dns: Arc<DnsService>,
-    queues: Vec<TunQueue>,
+    ports: Vec<Port>,
     signals: Signals<'_>,
     endpoints: metrics::Endpoints,
     ebpf_counters: Option<Arc<SteerCounters>>,
@@ -360,14 +451,14 @@ async fn run_workers(
     let (phase, phase_rx) = watch::channel(Phase::Run);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let stack = StackConfig {
-        mtu: cli.mtu as usize,
+        mtu: mtu as usize,
         tcp_rx_buffer: cli.tcp_buffer as usize,
         tcp_tx_buffer: cli.tcp_buffer as usize,
         max_half_open: cli.max_half_open,
-        max_sessions: (cli.max_tcp_sessions as usize / queues.len()).max(1),
-        buffer_memory: (cli.buffer_memory as usize / queues.len()).max(1),
+        max_sessions: (cli.max_tcp_sessions as usize / ports.len()).max(1),
+        buffer_memory: (cli.buffer_memory as usize / ports.len()).max(1),
     };
-    let workers = queues.len();
+    let workers = ports.len();
     // Steering keeps each source endpoint on one worker, so an even split of
     // the bound keeps the total within --max-udp-sessions.
     let udp = UdpConfig {
@@ -375,7 +466,7 @@ async fn run_workers(
         idle_timeout: cli.udp_timeout(),
     };
     let mut handles: Vec<WorkerHandle> = Vec::with_capacity(workers);
-    for (index, queue) in queues.into_iter().enumerate() {
+    for (index, port) in ports.into_iter().enumerate() {
         let config = WorkerConfig {
             index,
             cpu: Some(index % cpus),
@@ -385,7 +476,7 @@ async fn run_workers(
             dns: Some(dns.clone()),
             tcp_idle_timeout: cli.tcp_idle_timeout(),
         };
-        match worker::spawn(config, Port::tun(queue), phase_rx.clone()) {
+        match worker::spawn(config, port, phase_rx.clone()) {
             Ok(handle) => handles.push(handle),
             Err(e) => {
                 let _ = phase.send(Phase::Stop);

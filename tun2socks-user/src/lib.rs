@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod dns;
+pub mod host_mode;
 pub mod journal;
 pub mod metrics;
 pub mod netns;

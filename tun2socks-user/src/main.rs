@@ -63,7 +63,7 @@ fn subcommand(command: Command) -> anyhow::Result<()> {
                 Path::new(metrics::CONTROL_DIR),
                 watch,
                 netns.as_deref(),
-                device.as_deref(),
+                device.as_ref().map(|d| d.name.as_str()),
             )
         }
         Command::Cleanup { netns } => {

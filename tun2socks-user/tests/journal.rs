@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tun2socks::device::tun::open_queues;
 use tun2socks::journal::{self, Journal, JournalError, JournalRecord};
-use tun2socks::setup::{self, Change, ExistingDevice, Recorder, RouteKind, RouteSpec, RuleSpec};
+use tun2socks::setup::{self, Change, ExistingDevice, Recorder, RouteKind, RouteSpec, RuleSpec, VethSpec};
 
 mod common;
 use common::*;
@@ -114,6 +114,13 @@ const CHILD_NETNS: &str = "T2S_JOURNAL_TEST_NETNS";
 /// The namespace the tests were started in, which the child must not be in.
 const CHILD_HOST_NETNS: &str = "T2S_JOURNAL_TEST_HOST_NETNS";
 const CHILD_STOP_AFTER: &str = "T2S_JOURNAL_TEST_STOP_AFTER";
+/// Host mode: the child creates a veth pair [`VETH`] (journaled) instead
+/// of opening a TUN device.
+const CHILD_VETH: &str = "T2S_JOURNAL_TEST_VETH";
+/// With [`CHILD_VETH`]: freeze once the pair exists, before its index is
+/// recorded.
+const CHILD_STOP_AT_DEVICE: &str = "T2S_JOURNAL_TEST_STOP_AT_DEVICE";
+const VETH: &str = "t2sjrv0";
 /// The file the child creates when it is ready to be killed.
 const READY: &str = "child-ready";
 
@@ -137,11 +144,36 @@ fn crash_child() {
     let host: u64 = std::env::var(CHILD_HOST_NETNS).unwrap().parse().unwrap();
     assert_ne!(host, netns, "child in the namespace the tests were started in");
     let stop_after: Option<usize> = std::env::var(CHILD_STOP_AFTER).ok().map(|n| n.parse().unwrap());
+    let veth = std::env::var_os(CHILD_VETH).is_some();
+    let stop_at_device = std::env::var_os(CHILD_STOP_AT_DEVICE).is_some();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    if veth {
+        return runtime.block_on(async {
+            let mut journal = Journal::create(&dir, VETH, true).unwrap();
+            let mut recorder = StopAfter {
+                journal: &mut journal,
+                stop_after,
+                stop_at_device,
+                ready: dir.join(READY),
+            };
+            let spec = VethSpec {
+                name: VETH.to_string(),
+                peer: format!("{VETH}x"),
+                queues: 2,
+                mtu: 1400,
+                mac: [2, 0, 0, 0, 0, 1],
+                peer_mac: [2, 0, 0, 0, 0, 2],
+            };
+            let created = setup::veth::create(&spec, &mut recorder).await.unwrap();
+            let applied = setup::apply_with(&full_plan(VETH), &mut recorder).await.unwrap();
+            std::mem::forget((created, applied));
+            ready_and_wait(&dir.join(READY));
+        });
+    }
     runtime.block_on(async {
         let created = setup::inspect_device(TUN).await.unwrap() == ExistingDevice::Absent;
         let queues = open_queues(TUN, 2).unwrap();
@@ -149,6 +181,7 @@ fn crash_child() {
         let mut recorder = StopAfter {
             journal: &mut journal,
             stop_after,
+            stop_at_device: false,
             ready: dir.join(READY),
         };
         let applied = setup::apply_with(&full_plan(TUN), &mut recorder).await.unwrap();
@@ -169,6 +202,8 @@ fn ready_and_wait(ready: &Path) -> ! {
 struct StopAfter<'a> {
     journal: &'a mut Journal,
     stop_after: Option<usize>,
+    /// Freeze when told the device's index, before recording it.
+    stop_at_device: bool,
     ready: PathBuf,
 }
 
@@ -176,6 +211,9 @@ impl Recorder for StopAfter<'_> {
     type Error = JournalError;
 
     fn device(&mut self, name: &str, ifindex: u32) -> Result<(), JournalError> {
+        if self.stop_at_device {
+            ready_and_wait(&self.ready);
+        }
         self.journal.device(name, ifindex)
     }
 
@@ -195,7 +233,15 @@ impl Recorder for StopAfter<'_> {
 /// Starts [`crash_child`] in the calling thread's namespace and waits until
 /// it is ready to be killed.
 fn spawn_crashing_child(dir: &Path, stop_after: Option<usize>) -> Child {
+    spawn_crashing_child_with(dir, stop_after, &[])
+}
+
+/// [`spawn_crashing_child`] with extra environment variables.
+fn spawn_crashing_child_with(dir: &Path, stop_after: Option<usize>, env: &[&str]) -> Child {
     let mut command = Command::new(std::env::current_exe().unwrap());
+    for var in env {
+        command.env(var, "1");
+    }
     command
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR, dir)
@@ -332,6 +378,7 @@ fn the_journal_lists_the_changes_in_order_and_is_always_a_complete_document() {
                 Change::LinkUp => "up",
                 Change::Route(_) => "route",
                 Change::Rule(_) => "rule",
+                Change::Veth { .. } => "veth",
             })
             .collect();
         let mut expected = vec!["mtu", "address", "up"];
@@ -372,6 +419,46 @@ fn a_crash_with_a_created_device_is_rolled_back() {
         assert_same(&before, &snapshot());
         assert!(dir.journals().is_empty());
     });
+}
+
+/// Host mode: a veth pair does not vanish with its creator; recovery
+/// deletes it, after the routes and rules, whether the crash came after
+/// the whole setup, before the pair was made, or after it was made but
+/// before its index was recorded.
+#[test]
+fn a_crash_with_a_created_veth_pair_is_rolled_back() {
+    for (stop_after, env, what) in [
+        (None, &[CHILD_VETH][..], "after the whole setup"),
+        (Some(1), &[CHILD_VETH][..], "before the pair was made"),
+        (
+            None,
+            &[CHILD_VETH, CHILD_STOP_AT_DEVICE][..],
+            "before its index was recorded",
+        ),
+    ] {
+        in_private_netns(move || async move {
+            lan();
+            let dir = TempDir::new();
+            let before = snapshot();
+            let child = spawn_crashing_child_with(&dir.0, stop_after, env);
+            if stop_after.is_none() {
+                assert!(ip("-o link show").contains(VETH), "{what}: no veth pair");
+            }
+            kill_9(child);
+            let record = JournalRecord::read(&dir.journals()[0]).unwrap();
+            assert_eq!(
+                record.changes.first(),
+                Some(&Change::Veth {
+                    peer: format!("{VETH}x")
+                }),
+                "{what}"
+            );
+            let report = journal::recover(&dir.0, None).await.unwrap();
+            assert_eq!(report.rolled_back.len(), 1, "{what}: {report}");
+            assert_same(&before, &snapshot());
+            assert!(dir.journals().is_empty(), "{what}");
+        });
+    }
 }
 
 #[test]
@@ -593,7 +680,7 @@ fn damaged_journals_are_named_and_kept_while_the_others_are_recovered() {
             ("garbage0", "this is not json".to_string()),
             ("partial0", whole[..whole.len() / 2].to_string()),
             ("empty0", String::new()),
-            ("future0", whole.replacen("\"version\": 1", "\"version\": 99", 1)),
+            ("future0", whole.replacen("\"version\": 2", "\"version\": 99", 1)),
         ];
         for (device, text) in &damaged {
             std::fs::write(dir.0.join(format!("{inode}-{device}.json")), text).unwrap();

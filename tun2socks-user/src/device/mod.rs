@@ -1,4 +1,5 @@
 //! Packet I/O below the workers: the port seam (`port`) and what it runs on.
+pub mod ethtool;
 pub mod port;
 pub mod tun;
 pub mod xsk;

@@ -11,9 +11,12 @@ use super::JournalError;
 use super::identity::{NetnsId, Owner};
 use crate::setup::Change;
 
-/// The format written and the only one read. Bump it for any change in the
-/// JSON, including the serialized form of [`Change`].
-pub const FORMAT_VERSION: u32 = 1;
+/// The format written. Bump it for any change in the JSON, including the
+/// serialized form of [`Change`].
+pub const FORMAT_VERSION: u32 = 2;
+/// Formats read: 2 added [`Change::Veth`]; a version 1 journal is a
+/// version 2 journal without it.
+const READABLE_VERSIONS: [u32; 2] = [1, 2];
 
 /// Everything one journal holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +56,7 @@ impl JournalRecord {
             version: u32,
         }
         let VersionOnly { version } = serde_json::from_slice(&text).map_err(corrupt)?;
-        if version != FORMAT_VERSION {
+        if !READABLE_VERSIONS.contains(&version) {
             return Err(JournalError::Version {
                 path: path.to_path_buf(),
                 found: version,
@@ -61,8 +64,10 @@ impl JournalRecord {
         }
         let record: JournalRecord = serde_json::from_slice(&text).map_err(corrupt)?;
         // Undoing a device route without the device's index would remove
-        // a route of that prefix on any device.
-        if record.ifindex.is_none() && !record.changes.is_empty() {
+        // a route of that prefix on any device. The one change recorded
+        // before the index is known is the creation of the device itself.
+        let only_creation = record.changes.iter().all(|c| matches!(c, Change::Veth { .. }));
+        if record.ifindex.is_none() && !only_creation {
             return Err(JournalError::Invalid {
                 path: path.to_path_buf(),
                 reason: "it lists changes but no device index".into(),

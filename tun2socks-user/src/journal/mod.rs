@@ -104,7 +104,7 @@ pub enum JournalError {
     #[error("journal {} is invalid: {reason}{CHECK_BY_HAND}", path.display())]
     Invalid { path: PathBuf, reason: String },
 
-    #[error("journal {} has format version {found}, but this tun2socks reads version {FORMAT_VERSION} \
+    #[error("journal {} has format version {found}, but this tun2socks reads versions 1 to {FORMAT_VERSION} \
              (clean up with the tun2socks that wrote it){CHECK_BY_HAND}", path.display())]
     Version { path: PathBuf, found: u32 },
 

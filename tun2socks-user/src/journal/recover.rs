@@ -152,6 +152,16 @@ async fn recover_one(path: &Path, netns: &NetnsId, boot_id: &str) -> Result<Outc
     }
     let (pid, changes) = (record.owner.pid, record.changes.len());
     tracing::info!(%journal, pid, changes, "rolling back the changes of an instance that died");
+    if record.ifindex.is_none() && !record.changes.is_empty() {
+        // Died between creating its veth pair and recording the pair's
+        // index (nothing else is recorded before that).
+        crate::setup::veth::delete_unrecorded(&record.device)
+            .await
+            .map_err(|source| JournalError::Rollback {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
     if let Some(ifindex) = record.ifindex {
         // Undo reverts last first and tolerates what is already gone: the
         // last change may never have been made, and a created device took

@@ -124,7 +124,7 @@ impl Endpoints {
             }
             None => None,
         };
-        let control = match control::bind(Path::new(CONTROL_DIR), &cli.device) {
+        let control = match control::bind(Path::new(CONTROL_DIR), &cli.device.name) {
             Ok(bound) => Some(bound),
             Err(error) => {
                 warn!(%error, "no control socket: `tun2socks stats` will not reach this instance");
@@ -134,7 +134,7 @@ impl Endpoints {
         Ok(Endpoints {
             metrics,
             control,
-            device: cli.device.clone(),
+            device: cli.device.name.clone(),
         })
     }
 

@@ -27,12 +27,19 @@ pub enum Change {
     Route(RouteSpec),
     /// A policy rule was added.
     Rule(RuleSpec),
+    /// The device was created as one end of a veth pair whose other end is
+    /// `peer` (host mode); reverting deletes both ends. Recorded first,
+    /// so reverted last.
+    Veth { peer: String },
 }
 
 impl Change {
     /// Whether this change lives on the device, and so went away with it.
     pub(crate) fn is_on_device(&self) -> bool {
-        matches!(self, Change::Mtu { .. } | Change::Address { .. } | Change::LinkUp)
+        matches!(
+            self,
+            Change::Mtu { .. } | Change::Address { .. } | Change::LinkUp | Change::Veth { .. }
+        )
     }
 
     pub(crate) async fn revert(&self, nl: &Netlink, dev: &Device) -> Result<(), SetupError> {
@@ -42,6 +49,7 @@ impl Change {
             Change::LinkUp => link::set_up(nl, dev, false).await,
             Change::Route(spec) => route::del(nl, spec, dev).await,
             Change::Rule(spec) => rule::del(nl, spec).await,
+            Change::Veth { .. } => link::delete(nl, dev).await,
         }
     }
 }
@@ -54,6 +62,7 @@ impl fmt::Display for Change {
             Change::LinkUp => write!(f, "link up"),
             Change::Route(spec) => spec.fmt(f),
             Change::Rule(spec) => spec.fmt(f),
+            Change::Veth { peer } => write!(f, "veth pair (peer {peer})"),
         }
     }
 }

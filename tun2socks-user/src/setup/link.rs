@@ -176,3 +176,22 @@ fn classify_tun(infos: &[LinkInfo]) -> ExistingDevice {
         attached_queues,
     }
 }
+
+/// Deletes the device (with a veth, both ends go).
+pub(crate) async fn delete(nl: &Netlink, dev: &Device) -> Result<(), SetupError> {
+    nl.handle()
+        .link()
+        .del(dev.index)
+        .execute()
+        .await
+        .map_err(|err| SetupError::from_netlink(format!("delete device {}", dev.name), err))
+}
+
+/// The rtnetlink kind of a device (`"veth"`, `"tun"`, ...), if it has one.
+pub(crate) fn kind_of(msg: &LinkMessage) -> Option<String> {
+    match classify(msg) {
+        ExistingDevice::Absent => None,
+        ExistingDevice::Tun { .. } => Some("tun".to_string()),
+        ExistingDevice::Other { kind } => kind,
+    }
+}

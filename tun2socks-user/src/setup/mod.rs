@@ -15,12 +15,14 @@ mod netlink;
 pub mod plan;
 mod route;
 mod rule;
+pub mod veth;
 
 pub use apply::{Applied, Recorder, apply, apply_with};
 pub use change::Change;
 pub use error::SetupError;
 pub use link::{ExistingDevice, inspect_device};
 pub use plan::{Family, RouteKind, RouteSpec, RuleSpec, SetupPlan};
+pub use veth::{CreatedVeth, VethSpec};
 
 /// The device a setup was applied to: its name, and the index it had then
 /// (a later device of the same name is not ours).

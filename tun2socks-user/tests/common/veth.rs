@@ -6,9 +6,7 @@
 //! its frames carry complete checksums. The namespaces are named after the
 //! test's pid and removed on drop, also when the test fails.
 
-use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::thread;
 
@@ -60,7 +58,7 @@ impl VethLab {
         // With TX checksum offload (veth's default) the client's frames
         // cross the veth with partial TCP/UDP checksums (pseudo-header
         // only), and so they reach the AF_XDP socket.
-        in_ns(cl, || disable_tx_checksum_offload(cl_if)).expect("ethtool -K <client end> tx off");
+        in_ns(cl, || tun2socks::device::ethtool::disable_tx_checksum(cl_if)).expect("ethtool -K <client end> tx off");
         lab
     }
 
@@ -88,37 +86,6 @@ impl Drop for VethLab {
                 other => eprintln!("ip netns del {ns}: {other:?}"),
             }
         }
-    }
-}
-
-/// `ethtool -K DEV tx off` for `dev` in the calling thread's namespace
-/// (the legacy `ETHTOOL_STXCSUM` ioctl; ethtool itself may be missing).
-pub fn disable_tx_checksum_offload(dev: &str) -> io::Result<()> {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(dev.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points
-    // to, both alive for the call.
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut ifr) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
