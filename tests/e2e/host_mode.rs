@@ -1,7 +1,8 @@
 //! Issue 4, host mode (`--device veth://NAME`): the core datapath's
 //! end-to-end checks with the workers on AF_XDP sockets instead of TUN
-//! queues: curl via dante and microsocks (IPv4 and IPv6), and 32 parallel
-//! SHA-256-verified transfers each way on two workers.
+//! queues: curl via dante and microsocks (IPv4 and IPv6), 32 parallel
+//! SHA-256-verified transfers each way on two workers, and the UDP echo
+//! through dante's UDP ASSOCIATE.
 
 use anyhow::{Result, ensure};
 use lab::Daemon;
@@ -9,6 +10,7 @@ use lab::servers::{dante_url, microsocks_url};
 use lab::topology::port;
 
 use crate::support::{expect_clean_exit, expect_hello, in_lab, probe, srv, xfer_from};
+use crate::udp::{COUNT, echo, expect_udp_counters, max_payload_at, t2s_udp};
 
 const HOST_MODE: [&str; 2] = ["--device", "veth://t2s0"];
 
@@ -64,4 +66,37 @@ fn parallel_verified_transfers_over_af_xdp() -> Result<()> {
         ensure!(flows >= 128, "only {flows} flows accepted for 128 transfers");
         Ok(())
     })
+}
+
+/// UDP works over AF_XDP as over TUN: 10 000 datagrams of mixed sizes up
+/// to host mode's MTU over IPv4 and 1 000 over IPv6, every one echoed.
+#[test]
+fn udp_echo_over_af_xdp() -> Result<()> {
+    in_lab(|lab| {
+        lab.start_dante()?;
+        lab.start_udp_echo(t2s_udp())?;
+        let args = [&HOST_MODE[..], &["--workers", "2"]].concat();
+        let daemon = Daemon::start(lab, &dante_url(false), &args)?;
+        let mtu = host_mtu(&daemon)?;
+        echo(lab, srv(false, port::UDP_ECHO), COUNT, max_payload_at(mtu, false))?;
+        echo(lab, srv(true, port::UDP_ECHO), COUNT / 10, max_payload_at(mtu, true))?;
+        let exit = daemon.stop()?;
+        expect_clean_exit(&exit, Some(2))?;
+        expect_udp_counters(&exit, COUNT + COUNT / 10)
+    })
+}
+
+/// The MTU the daemon gave the veth (it caps the default of 9000), from
+/// its `host mode: ... mtu=N` line.
+fn host_mtu(daemon: &Daemon) -> Result<usize> {
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("host mode: AF_XDP on a veth pair"))
+        .ok_or_else(|| anyhow::anyhow!("no host-mode line in the log:\n{log}"))?;
+    let mtu = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("mtu="))
+        .ok_or_else(|| anyhow::anyhow!("no mtu= in {line:?}"))?;
+    Ok(mtu.parse()?)
 }

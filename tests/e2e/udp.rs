@@ -36,13 +36,18 @@ pub fn t2s_udp() -> &'static Path {
 /// The daemon's default TUN MTU.
 const TUN_MTU: usize = 9000;
 /// Datagrams per echo run (the issue asks for 10 000).
-const COUNT: u64 = 10_000;
+pub const COUNT: u64 = 10_000;
 /// Datagrams sent and not yet echoed at once.
 const WINDOW: usize = 16;
 
 /// The largest UDP payload of one unfragmented packet on the tunnel.
 pub fn max_payload(v6: bool) -> usize {
-    TUN_MTU - if v6 { 40 } else { 20 } - 8
+    max_payload_at(TUN_MTU, v6)
+}
+
+/// The largest UDP payload of one unfragmented packet at `mtu`.
+pub fn max_payload_at(mtu: usize, v6: bool) -> usize {
+    mtu - if v6 { 40 } else { 20 } - 8
 }
 
 /// Runs `t2s-udp ARGS...` in `ns`; fails with its output unless it exits 0.
@@ -113,7 +118,7 @@ pub fn echo(lab: &Lab, to: SocketAddr, count: u64, max_size: usize) -> Result<St
 }
 
 /// No datagram was dropped by the daemon, and at least `datagrams` went each way.
-fn expect_udp_counters(exit: &DaemonExit, datagrams: u64) -> Result<()> {
+pub fn expect_udp_counters(exit: &DaemonExit, datagrams: u64) -> Result<()> {
     for key in [
         "udp_dropped_out",
         "udp_dropped_in",
