@@ -152,6 +152,25 @@ fn finish(mut process: Process, limit: Duration) -> Result<String> {
     Ok(process.log())
 }
 
+/// Host mode (issue 4): the XDP classifier's per-CPU counters are exported,
+/// and they count the frames of a proxied connection as redirected.
+#[test]
+fn metrics_in_host_mode_count_xdp_decisions() -> Result<()> {
+    in_lab(|lab| {
+        lab.start_dante()?;
+        lab.start_http()?;
+        let args = ["--device", "veth://t2s0", "--workers", "2", "--metrics", METRICS];
+        let daemon = Daemon::start(lab, &dante_url(false), &args)?;
+        expect_hello(lab, false)?;
+        let scrape = Metrics::scrape(lab)?;
+        let redirected = scrape.sum("tun2socks_ebpf_xdp_redirected_frames_total", &[]);
+        ensure!(redirected >= 4.0, "{redirected} frames redirected:\n{}", scrape.text);
+        let failed = scrape.sum("tun2socks_ebpf_xdp_redirect_failed_frames_total", &[]);
+        ensure!(failed == 0.0, "{failed} redirects failed:\n{}", scrape.text);
+        expect_clean_exit(&daemon.stop()?, Some(2))
+    })
+}
+
 /// Counters move during a transfer, the byte counters match the bytes moved
 /// (within headers), and the output is valid Prometheus text.
 #[test]

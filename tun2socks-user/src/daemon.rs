@@ -20,9 +20,10 @@ use crate::device::tun::{self, TunError, TunQueue};
 use crate::dns::{DnsMode, DnsService, FakeIpConfig, FakeIpPool};
 use crate::host_mode::{self, HostDevice};
 use crate::journal::{self, Journal};
+use crate::metrics::EbpfCounters;
 use crate::proxy::Upstream;
 use crate::setup::{self, ExistingDevice, SetupError, SetupPlan};
-use crate::steering::{SteerCounters, Steering};
+use crate::steering::Steering;
 use crate::worker::{self, Phase, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
 use crate::{metrics, netns, notify, privileges, steering};
 
@@ -132,7 +133,7 @@ async fn tunnel(
         Ok(()) => info!("dropped every capability but CAP_NET_ADMIN"),
         Err(e) => warn!(error = %e, "could not drop capabilities; running with those we were given"),
     }
-    let ebpf_counters = device.take_steer_counters();
+    let ebpf_counters = device.take_ebpf_counters();
     let ports = device.take_ports();
     let result = run_workers(cli, plan.mtu, upstream, dns, ports, signals, endpoints, ebpf_counters).await;
     let mut undone = match applied {
@@ -196,11 +197,16 @@ impl Opened {
         })
     }
 
-    fn take_steer_counters(&mut self) -> Option<Arc<SteerCounters>> {
-        match self {
-            Opened::Tun { steering, .. } => steering.as_mut().and_then(Steering::take_counters).map(Arc::new),
-            Opened::Host(_) => None,
-        }
+    /// The eBPF program's counters, for metrics.
+    fn take_ebpf_counters(&mut self) -> Option<Arc<EbpfCounters>> {
+        let counters = match self {
+            Opened::Tun { steering, .. } => steering
+                .as_mut()
+                .and_then(Steering::take_counters)
+                .map(EbpfCounters::Steer),
+            Opened::Host(host) => host.take_counters().map(EbpfCounters::Xdp),
+        };
+        counters.map(Arc::new)
     }
 
     /// One port per worker.
@@ -442,7 +448,7 @@ async fn run_workers(
     ports: Vec<Port>,
     signals: Signals<'_>,
     endpoints: metrics::Endpoints,
-    ebpf_counters: Option<Arc<SteerCounters>>,
+    ebpf_counters: Option<Arc<EbpfCounters>>,
 ) -> anyhow::Result<()> {
     let Signals {
         term: sigterm,

@@ -17,7 +17,7 @@ use crate::device::port::XskPort;
 use crate::device::xsk::{XskConfig, XskSocket};
 use crate::journal::Journal;
 use crate::setup::{self, CreatedVeth, SetupPlan, VethSpec};
-use crate::xdp::{AddressPlan, XdpClassifier};
+use crate::xdp::{AddressPlan, XdpClassifier, XdpCounterReader};
 
 /// The device end's MAC address (locally administered, fixed: nothing else
 /// is on this link).
@@ -107,6 +107,18 @@ impl HostDevice {
     /// Takes the ports for the workers; the rest stays to be closed.
     pub fn take_ports(&mut self) -> Vec<XskPort> {
         std::mem::take(&mut self.ports)
+    }
+
+    /// The classifier's counters, for metrics; `None` after the first call
+    /// (or if they cannot be read).
+    pub fn take_counters(&mut self) -> Option<XdpCounterReader> {
+        match self.classifier.take_counters() {
+            Ok(reader) => Some(reader),
+            Err(error) => {
+                tracing::warn!(%error, "the XDP classifier's counters are unreadable");
+                None
+            }
+        }
     }
 
     /// Detaches the classifier and deletes the pair.

@@ -15,8 +15,10 @@ use crate::worker::stats::LATENCY_BOUNDS_US;
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 use tun2socks_ebpf::SteerClass;
+use tun2socks_ebpf::xdp::XdpCounter;
 
 use crate::steering::SteerCounters;
+use crate::xdp::XdpCounterReader;
 
 /// A counter from the eBPF programs, summed over CPUs.
 #[derive(Debug, Clone)]
@@ -26,29 +28,69 @@ pub struct EbpfCounter {
     pub value: u64,
 }
 
+/// Where the eBPF per-CPU counters come from: the TUN steering program,
+/// or the XDP classifier in host mode.
+#[derive(Debug)]
+pub enum EbpfCounters {
+    Steer(SteerCounters),
+    Xdp(XdpCounterReader),
+}
+
 /// The eBPF per-CPU counters, read at each scrape and summed over the CPUs:
-/// packets the steering program saw, by class. Exported as
-/// `tun2socks_ebpf_<name>_total`.
-pub fn ebpf_counters(steering: Option<&SteerCounters>) -> Vec<EbpfCounter> {
-    let Some(steering) = steering else { return Vec::new() };
-    match steering.read() {
-        Ok(classes) => classes
-            .into_iter()
-            .map(|(class, value)| EbpfCounter {
-                name: match class {
-                    SteerClass::Tcp => "steered_tcp_packets",
-                    SteerClass::Udp => "steered_udp_packets",
-                    SteerClass::OtherIp => "steered_other_ip_packets",
-                    SteerClass::NotIp => "steered_not_ip_packets",
-                },
-                help: "Packets the TUN steering program placed, by class (summed over CPUs).",
-                value,
-            })
-            .collect(),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the steering program's counters");
-            Vec::new()
-        }
+/// packets the steering program saw, by class, or the XDP classifier's
+/// decisions. Exported as `tun2socks_ebpf_<name>_total`.
+pub fn ebpf_counters(source: Option<&EbpfCounters>) -> Vec<EbpfCounter> {
+    match source {
+        None => Vec::new(),
+        Some(EbpfCounters::Steer(steering)) => match steering.read() {
+            Ok(classes) => classes
+                .into_iter()
+                .map(|(class, value)| EbpfCounter {
+                    name: match class {
+                        SteerClass::Tcp => "steered_tcp_packets",
+                        SteerClass::Udp => "steered_udp_packets",
+                        SteerClass::OtherIp => "steered_other_ip_packets",
+                        SteerClass::NotIp => "steered_not_ip_packets",
+                    },
+                    help: "Packets the TUN steering program placed, by class (summed over CPUs).",
+                    value,
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the steering program's counters");
+                Vec::new()
+            }
+        },
+        Some(EbpfCounters::Xdp(xdp)) => match xdp.read() {
+            Ok(counts) => counts
+                .iter()
+                .map(|(counter, value)| EbpfCounter {
+                    name: xdp_counter_name(counter),
+                    help: "Frames the XDP classifier redirected to the workers or passed to the kernel, \
+                           by decision (summed over CPUs).",
+                    value,
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the XDP classifier's counters");
+                Vec::new()
+            }
+        },
+    }
+}
+
+fn xdp_counter_name(counter: XdpCounter) -> &'static str {
+    match counter {
+        XdpCounter::Redirected => "xdp_redirected_frames",
+        XdpCounter::PassNotIp => "xdp_pass_not_ip_frames",
+        XdpCounter::PassNotTcpUdp => "xdp_pass_not_tcp_udp_frames",
+        XdpCounter::PassIpv6Extension => "xdp_pass_ipv6_extension_frames",
+        XdpCounter::PassMulticast => "xdp_pass_multicast_frames",
+        XdpCounter::PassLocal => "xdp_pass_local_frames",
+        XdpCounter::PassBypass => "xdp_pass_bypass_frames",
+        XdpCounter::PassNotRouted => "xdp_pass_not_routed_frames",
+        XdpCounter::PassMalformed => "xdp_pass_malformed_frames",
+        XdpCounter::RedirectFailed => "xdp_redirect_failed_frames",
     }
 }
 

@@ -29,10 +29,9 @@ use tracing::{info, warn};
 use std::sync::Arc;
 
 use crate::cli::{self, Cli};
-use crate::steering::SteerCounters;
 use crate::worker::{SnapshotRequests, WorkerHandle, WorkerSnapshot};
 pub use control::socket_path;
-pub use exposition::{EbpfCounter, Scrape};
+pub use exposition::{EbpfCounter, EbpfCounters, Scrape};
 use report::{Report, WorkerReport};
 
 /// Where control sockets live (shared with the setup journals).
@@ -47,11 +46,11 @@ pub struct Workers {
     device: String,
     started: Instant,
     /// The steering program's per-CPU counters, when it is attached.
-    ebpf: Option<Arc<SteerCounters>>,
+    ebpf: Option<Arc<EbpfCounters>>,
 }
 
 impl Workers {
-    pub fn of(handles: &[WorkerHandle], device: &str, ebpf: Option<Arc<SteerCounters>>) -> Workers {
+    pub fn of(handles: &[WorkerHandle], device: &str, ebpf: Option<Arc<EbpfCounters>>) -> Workers {
         Workers {
             requests: handles.iter().map(|h| h.snapshots.clone()).collect(),
             device: device.to_owned(),
@@ -139,7 +138,7 @@ impl Endpoints {
     }
 
     /// Starts serving on the current runtime; stops when the result drops.
-    pub fn serve(self, handles: &[WorkerHandle], ebpf: Option<Arc<SteerCounters>>) -> Serving {
+    pub fn serve(self, handles: &[WorkerHandle], ebpf: Option<Arc<EbpfCounters>>) -> Serving {
         let workers = Workers::of(handles, &self.device, ebpf);
         let mut tasks = Vec::new();
         if let Some((addr, listener)) = self.metrics {

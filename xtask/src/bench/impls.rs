@@ -23,6 +23,9 @@ pub enum Kind {
     Socks,
     /// This project, multi-queue TUN mode.
     Tun2socks { workers: u16 },
+    /// This project in host mode: a veth pair served over AF_XDP
+    /// (`--device veth://NAME`).
+    Tun2socksXdp { workers: u16 },
     /// The peer, tun2proxy.
     Tun2proxy,
 }
@@ -43,6 +46,7 @@ impl Variant {
             Kind::Routed => "kernel routed".into(),
             Kind::Socks => "kernel SOCKS".into(),
             Kind::Tun2socks { workers } => format!("tun2socks w{workers}{mtu}"),
+            Kind::Tun2socksXdp { workers } => format!("tun2socks-xdp w{workers}{mtu}"),
             Kind::Tun2proxy => format!("tun2proxy{mtu}"),
         }
     }
@@ -50,12 +54,21 @@ impl Variant {
     /// Whether a user-space process of its own carries the traffic (so
     /// memory and CPU per GB are its own).
     pub fn is_tunnel(&self) -> bool {
-        matches!(self.kind, Kind::Tun2socks { .. } | Kind::Tun2proxy)
+        matches!(
+            self.kind,
+            Kind::Tun2socks { .. } | Kind::Tun2socksXdp { .. } | Kind::Tun2proxy
+        )
     }
 }
 
-/// Every variant of a run, in the order of round 0.
-pub fn variants(workers: &[u16], mtus: &[u32], peer: bool) -> Vec<Variant> {
+/// The largest MTU of host mode (the daemon caps larger ones to it):
+/// `tun2socks::host_mode::MAX_MTU`.
+pub const XDP_MAX_MTU: u32 = 3506;
+
+/// Every variant of a run, in the order of round 0. `xdp_workers`: the
+/// worker counts host mode (AF_XDP) is measured with, at each MTU capped
+/// to [`XDP_MAX_MTU`].
+pub fn variants(workers: &[u16], xdp_workers: &[u16], mtus: &[u32], peer: bool) -> Vec<Variant> {
     let mut all = vec![
         Variant {
             kind: Kind::Routed,
@@ -72,6 +85,15 @@ pub fn variants(workers: &[u16], mtus: &[u32], peer: bool) -> Vec<Variant> {
                 kind: Kind::Tun2socks { workers: w },
                 mtu: Some(mtu),
             });
+        }
+        for &w in xdp_workers {
+            let xdp = Variant {
+                kind: Kind::Tun2socksXdp { workers: w },
+                mtu: Some(mtu.min(XDP_MAX_MTU)),
+            };
+            if !all.contains(&xdp) {
+                all.push(xdp);
+            }
         }
         if peer {
             all.push(Variant {
@@ -108,9 +130,13 @@ impl<'a> Running<'a> {
         let what = match variant.kind {
             Kind::Routed => What::Kernel(Some(bed.routed()?)),
             Kind::Socks => What::Kernel(None),
-            Kind::Tun2socks { workers } => {
+            Kind::Tun2socks { workers } | Kind::Tun2socksXdp { workers } => {
                 let mtu = variant.mtu.context("tun2socks needs an MTU")?.to_string();
-                let args = ["--workers", &workers.to_string(), "--mtu", &mtu];
+                let mut args = vec!["--workers".to_owned(), workers.to_string(), "--mtu".to_owned(), mtu];
+                if matches!(variant.kind, Kind::Tun2socksXdp { .. }) {
+                    args.extend(["--device".to_owned(), "veth://t2s0".to_owned()]);
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let mut cmd = Daemon::command_with(&bins.daemon, bed.lab(), &dante_url(false), &args);
                 cmd.env("RUST_LOG", "info");
                 What::Tun2socks(Daemon::start_command(bed.lab(), cmd)?)

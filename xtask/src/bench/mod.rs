@@ -50,6 +50,10 @@ pub struct Options {
     /// TUN MTUs [default: 1500,9000].
     #[arg(long, value_delimiter = ',')]
     pub mtu: Vec<u32>,
+    /// Measure host mode (AF_XDP on a veth pair) with these worker counts
+    /// too [default: the largest of --workers]; 0 for none.
+    #[arg(long, value_delimiter = ',')]
+    pub xdp_workers: Vec<u16>,
     /// Do not measure the peer (tun2proxy).
     #[arg(long)]
     pub no_peer: bool,
@@ -97,6 +101,9 @@ pub struct Plan {
     pub quick: bool,
     pub rounds: usize,
     pub workers: Vec<u16>,
+    /// Host mode's worker counts (none: not measured).
+    #[serde(default)]
+    pub xdp_workers: Vec<u16>,
     pub mtus: Vec<u32>,
     pub peer: bool,
     pub settings: Settings,
@@ -111,12 +118,17 @@ impl Plan {
             ([], false) => (1..=cpus).collect(),
             (w, _) => w.to_vec(),
         };
+        let xdp_workers = match &o.xdp_workers[..] {
+            [] => workers.iter().max().into_iter().copied().collect(),
+            [0] => Vec::new(),
+            w => w.to_vec(),
+        };
         let mtus = match (&o.mtu[..], q) {
             ([], true) => vec![DEFAULT_MTU],
             ([], false) => vec![1500, DEFAULT_MTU],
             (m, _) => m.to_vec(),
         };
-        if workers.contains(&0) || mtus.iter().any(|m| !(1280..=65535).contains(m)) {
+        if workers.contains(&0) || xdp_workers.contains(&0) || mtus.iter().any(|m| !(1280..=65535).contains(m)) {
             bail!("workers must be at least 1 and MTUs 1280 to 65535");
         }
         let settings = Settings {
@@ -133,6 +145,7 @@ impl Plan {
             quick: q,
             rounds: if q { 1 } else { o.rounds.max(1) },
             workers,
+            xdp_workers,
             mtus,
             peer: !q && !o.no_peer,
             settings,
@@ -185,7 +198,7 @@ pub fn run(opts: Options) -> Result<()> {
         },
     };
     let bins = Binaries { daemon, load, peer };
-    let variants = impls::variants(&plan.workers, &plan.mtus, bins.peer.is_some());
+    let variants = impls::variants(&plan.workers, &plan.xdp_workers, &plan.mtus, bins.peer.is_some());
     let out_dir = match &opts.out {
         Some(dir) => dir.clone(),
         None => cargo::workspace_root().join("target/bench").join(utc_stamp()),
