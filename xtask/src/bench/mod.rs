@@ -340,6 +340,7 @@ mod tests {
             quick: true,
             rounds: 3,
             workers: vec![],
+            xdp_workers: vec![],
             mtu: vec![],
             no_peer: false,
             secs: None,
@@ -358,5 +359,6 @@ mod tests {
             (p.rounds, p.workers.clone(), p.mtus.clone(), p.peer),
             (1, vec![1, 2], vec![9000], false)
         );
+        assert_eq!(p.xdp_workers, vec![2]);
     }
 }
