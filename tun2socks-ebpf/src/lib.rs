@@ -28,6 +28,7 @@
 //! (rust-toolchain.toml selects nightly; the bin is the eBPF program).
 #![no_std]
 
+pub mod tc;
 pub mod xdp;
 
 pub const IPPROTO_TCP: u8 = 6;

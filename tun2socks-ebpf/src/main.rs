@@ -1,5 +1,6 @@
-//! The eBPF programs: `steer` (TUN queue steering) and `classify` (the XDP
-//! capture hook for the AF_XDP sockets).
+//! The eBPF programs: `steer` (TUN queue steering), `classify` (the XDP
+//! capture hook for the AF_XDP sockets) and `queue_steer` (host mode's tc
+//! egress queue choice on the app-side veth end).
 //!
 //! Built for the kernel by `tun2socks-user/build.rs`, by hand with
 //! `cargo build --release --target bpfel-unknown-none -Z build-std=core`
@@ -10,11 +11,13 @@
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
+        bindings::TC_ACT_OK,
         bindings::xdp_action,
-        macros::{map, socket_filter, xdp},
+        macros::{classifier, map, socket_filter, xdp},
         maps::{HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
-        programs::{SkBuffContext, XdpContext},
+        programs::{SkBuffContext, TcContext, XdpContext},
     };
+    use tun2socks_ebpf::tc::{QueueSteerCounter, steer_frame};
     use tun2socks_ebpf::xdp::{
         AddressSets, MAX_BYPASS_PREFIXES, MAX_LOCAL_ADDRESSES, MAX_ROUTED_PREFIXES, MAX_XSK_QUEUES, XdpCounter,
         classify_frame,
@@ -158,6 +161,55 @@ mod programs {
             unsafe { *counter += 1 };
         }
         action
+    }
+
+    /// The number of queues `queue_steer` spreads flows over. Set by the
+    /// loader (`EbpfLoader::set_global`, name
+    /// `tun2socks_ebpf::tc::QUEUE_COUNT_GLOBAL`) before loading; it lives
+    /// in `.rodata`, which aya freezes, so the verifier sees a constant.
+    /// Zero (not set): the program leaves every frame alone.
+    #[unsafe(no_mangle)]
+    static QUEUE_STEER_QUEUES: u32 = 0;
+
+    /// Frames by [`QueueSteerCounter`], per CPU.
+    #[map]
+    static QUEUE_STEER_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(QueueSteerCounter::COUNT, 0);
+
+    /// The frame as `bpf_skb_load_bytes` sees it at tc egress: offsets count
+    /// from the Ethernet header.
+    struct TcFrame<'a>(&'a TcContext);
+
+    impl PacketBytes for TcFrame<'_> {
+        #[inline(always)]
+        fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+            self.0.load(offset).ok()
+        }
+    }
+
+    /// Host mode's flow affinity, at tc egress of the app-side veth end: sets
+    /// `skb->queue_mapping` so that the frame leaves on (and the peer
+    /// receives it on) the queue of the worker that owns its flow, the
+    /// queue `tun2socks::steering::queue_for_packet` predicts (see
+    /// `tun2socks_ebpf::tc::queue_mapping_for` for the `+ 1`). Never drops:
+    /// frames it cannot parse go on untouched.
+    #[classifier]
+    pub fn queue_steer(ctx: TcContext) -> i32 {
+        // SAFETY: a plain read of a global; volatile so that the compiler
+        // does not fold the zero it was compiled with.
+        let queues = unsafe { core::ptr::read_volatile(&QUEUE_STEER_QUEUES) };
+        let (mapping, class) = steer_frame(&TcFrame(&ctx), queues);
+        if let Some(mapping) = mapping {
+            // SAFETY: `skb` is the context pointer the kernel passed in;
+            // `queue_mapping` is writable from tc programs (the kernel
+            // ignores values >= NO_QUEUE_MAPPING, which steer_frame never
+            // returns).
+            unsafe { (*ctx.skb.skb).queue_mapping = mapping };
+        }
+        if let Some(counter) = QUEUE_STEER_COUNTERS.get_ptr_mut(class as u32) {
+            // SAFETY: this CPU's slot; nothing else runs on it meanwhile.
+            unsafe { *counter += 1 };
+        }
+        TC_ACT_OK
     }
 
     // The kernel checks the license string against the helpers used;

@@ -160,7 +160,7 @@ enum Opened {
         keepalive: OwnedFd,
         steering: Option<Steering>,
     },
-    Host(HostDevice),
+    Host(Box<HostDevice>),
 }
 
 impl Opened {
@@ -171,7 +171,7 @@ impl Opened {
                 let peer = cli.device.peer().expect("a veth device has a peer");
                 let host = HostDevice::open(&cli.device.name, &peer, cli.workers(), plan, journal).await?;
                 info!(device = %cli.device.name, %peer, mtu = host.mtu, "host mode: AF_XDP on a veth pair");
-                Ok(Opened::Host(host))
+                Ok(Opened::Host(Box::new(host)))
             }
         }
     }

@@ -5,8 +5,11 @@
 //! [`crate::setup::veth`]) with one queue per worker, attaches the XDP
 //! classifier to the far end (the peer) and binds one AF_XDP socket per
 //! queue, registered with the classifier, each wrapped in an
-//! [`XskPort`] for its worker. Routes, rules and addresses are then set up
-//! on the device end exactly as for a TUN device.
+//! [`XskPort`] for its worker. A tc egress program on the device end
+//! ([`QueueSteer`]) puts every packet on the queue of its flow's worker, so
+//! a flow keeps its worker when the kernel re-rolls a socket's transmit
+//! hash (after a retransmission timeout). Routes, rules and addresses are
+//! then set up on the device end exactly as for a TUN device.
 
 use std::net::IpAddr;
 
@@ -17,6 +20,7 @@ use crate::device::port::XskPort;
 use crate::device::xsk::{XskConfig, XskSocket};
 use crate::journal::Journal;
 use crate::setup::{self, CreatedVeth, SetupPlan, VethSpec};
+use crate::tc_steer::QueueSteer;
 use crate::xdp::{AddressPlan, XdpClassifier, XdpCounterReader};
 
 /// The device end's MAC address (locally administered, fixed: nothing else
@@ -37,6 +41,9 @@ pub struct HostDevice {
     /// The MTU the device was created with (at most [`MAX_MTU`]).
     pub mtu: u32,
     classifier: XdpClassifier,
+    /// `None` when tc programs cannot be attached: flows then stay on the
+    /// queue the kernel picks, which may change on a retransmission timeout.
+    steer: Option<QueueSteer>,
     veth: CreatedVeth,
 }
 
@@ -69,6 +76,7 @@ impl HostDevice {
                 ports,
                 mtu,
                 classifier,
+                steer: Self::steer(name, queues),
                 veth,
             }),
             Err(e) => {
@@ -104,6 +112,23 @@ impl HostDevice {
         Ok((classifier, ports))
     }
 
+    /// Attaches the queue steering program to the device end's egress:
+    /// before any route points into the device, so no socket has cached a
+    /// queue of its own choosing yet.
+    fn steer(name: &str, queues: u32) -> Option<QueueSteer> {
+        match QueueSteer::attach(name, queues) {
+            Ok(steer) => {
+                tracing::info!(device = name, hook = steer.hook().name(), "queue steering attached");
+                Some(steer)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "queue steering unavailable: a flow may change workers \
+                               when the kernel re-rolls its transmit queue (after a retransmission timeout)");
+                None
+            }
+        }
+    }
+
     /// Takes the ports for the workers; the rest stays to be closed.
     pub fn take_ports(&mut self) -> Vec<XskPort> {
         std::mem::take(&mut self.ports)
@@ -126,10 +151,16 @@ impl HostDevice {
         let HostDevice {
             ports,
             classifier,
+            steer,
             veth,
             ..
         } = self;
         drop(ports);
+        if let Some(steer) = steer
+            && let Err(e) = steer.detach()
+        {
+            tracing::warn!(error = %e, "detaching queue steering failed (deleting the veth takes it along)");
+        }
         if let Err(e) = classifier.detach() {
             tracing::warn!(error = %e, "detaching the XDP classifier failed (deleting the veth takes it along)");
         }

@@ -15,5 +15,6 @@ pub mod privileges;
 pub mod proxy;
 pub mod setup;
 pub mod steering;
+pub mod tc_steer;
 pub mod worker;
 pub mod xdp;

@@ -99,6 +99,11 @@ const PACKAGES: &[Package] = &[
         command: Some("ping"),
         why: "ping through the XDP classifier (tun2socks-user/tests/xsk.rs)",
     },
+    Package {
+        name: "nftables",
+        command: Some("nft"),
+        why: "random packet loss in the AF_XDP flow-affinity test",
+    },
 ];
 
 const BPF_LINKER: &str = "bpf-linker@0.13.0";

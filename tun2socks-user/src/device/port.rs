@@ -40,6 +40,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
+use super::neighbours::Neighbours;
 use super::tun::TunQueue;
 use super::xsk::{XskError, XskRx, XskSocket, XskTx};
 
@@ -169,9 +170,12 @@ pub const ETH_HEADER: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 
-/// One AF_XDP socket as a port, in host mode: the socket is bound to the
-/// gateway end of a veth whose other end carries the host's traffic, and
-/// both MAC addresses are fixed for the port's life.
+/// One AF_XDP socket as a port. In host mode the socket is bound to the
+/// far end of a veth whose other end carries the host's traffic, and both
+/// MAC addresses are fixed for the port's life ([`XskPort::new`]). In
+/// router mode it is bound to a LAN interface, and each packet goes to the
+/// MAC address its destination was last heard from ([`XskPort::router`],
+/// see [`Neighbours`]).
 ///
 /// * Receiving strips the 14-byte Ethernet header and hands on IPv4 and
 ///   IPv6 packets only; any other frame (ARP, a VLAN tag, a runt) is
@@ -196,17 +200,22 @@ pub struct XskPort {
     tx: RefCell<XskTx>,
     fd: RawFd,
     /// `dst` (the peer's MAC) then `src` (ours): the first 12 bytes of
-    /// every frame sent.
-    macs: [u8; 12],
+    /// every frame sent; in router mode `dst` is filled in per packet.
+    macs: Cell<[u8; 12]>,
+    /// Router mode: where replies go.
+    neighbours: Option<RefCell<Neighbours>>,
     dropped_non_ip: Cell<u64>,
+    /// Router mode: packets to an address never heard from (dropped).
+    unknown_neighbour: Cell<u64>,
 }
 
 impl std::fmt::Debug for XskPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XskPort")
             .field("fd", &self.fd)
-            .field("ours", &mac_text(&self.macs[6..]))
-            .field("peer", &mac_text(&self.macs[..6]))
+            .field("ours", &mac_text(&self.macs.get()[6..]))
+            .field("peer", &mac_text(&self.macs.get()[..6]))
+            .field("learned", &self.neighbours.as_ref().map(|n| n.borrow().len()))
             .field("dropped_non_ip", &self.dropped_non_ip.get())
             .finish_non_exhaustive()
     }
@@ -221,6 +230,16 @@ impl XskPort {
     /// interface the socket is bound to) to `peer` (the MAC of the other
     /// end: for host mode, the host-side veth).
     pub fn new(socket: XskSocket, ours: [u8; 6], peer: [u8; 6]) -> Self {
+        Self::with(socket, ours, peer, None)
+    }
+
+    /// A port on a router's LAN interface whose MAC is `ours`: replies go
+    /// to the MAC their destination's frames came from.
+    pub fn router(socket: XskSocket, ours: [u8; 6]) -> Self {
+        Self::with(socket, ours, [0; 6], Some(RefCell::new(Neighbours::default())))
+    }
+
+    fn with(socket: XskSocket, ours: [u8; 6], peer: [u8; 6], neighbours: Option<RefCell<Neighbours>>) -> Self {
         let fd = socket.as_raw_fd();
         let (rx, tx) = socket.split();
         let mut macs = [0u8; 12];
@@ -230,8 +249,10 @@ impl XskPort {
             rx: RefCell::new(rx),
             tx: RefCell::new(tx),
             fd,
-            macs,
+            macs: Cell::new(macs),
+            neighbours,
             dropped_non_ip: Cell::new(0),
+            unknown_neighbour: Cell::new(0),
         }
     }
 
@@ -245,6 +266,12 @@ impl XskPort {
     pub fn dropped_non_ip(&self) -> u64 {
         self.dropped_non_ip.get()
     }
+
+    /// Router mode: packets not sent because their destination was never
+    /// heard from.
+    pub fn unknown_neighbour(&self) -> u64 {
+        self.unknown_neighbour.get()
+    }
 }
 
 impl PacketPort for XskPort {
@@ -256,9 +283,17 @@ impl PacketPort for XskPort {
         // so that "fewer than max" still means "drained".
         while taken < max {
             let want = (max - taken).min(XskRx::MAX_BATCH);
-            let n = rx.recv_batch(want, |frame| match ip_packet(frame) {
-                Some(packet) => f(packet),
-                None => dropped += 1,
+            let n = rx.recv_batch(want, |frame| {
+                let source: [u8; 6] = frame.get(6..12).and_then(|m| m.try_into().ok()).unwrap_or_default();
+                match ip_packet(frame) {
+                    Some(packet) => {
+                        if let Some(neighbours) = &self.neighbours {
+                            neighbours.borrow_mut().learn(packet, source);
+                        }
+                        f(packet)
+                    }
+                    None => dropped += 1,
+                }
             });
             taken += n;
             if n < want {
@@ -272,7 +307,16 @@ impl PacketPort for XskPort {
     }
 
     fn send(&self, packet: &[u8]) -> io::Result<()> {
-        let header = ethernet_header(&self.macs, packet).ok_or(io::ErrorKind::InvalidInput)?;
+        if let Some(neighbours) = &self.neighbours {
+            let Some(peer) = neighbours.borrow_mut().lookup(packet) else {
+                self.unknown_neighbour.set(self.unknown_neighbour.get() + 1);
+                return Err(io::ErrorKind::HostUnreachable.into());
+            };
+            let mut macs = self.macs.get();
+            macs[..6].copy_from_slice(&peer);
+            self.macs.set(macs);
+        }
+        let header = ethernet_header(&self.macs.get(), packet).ok_or(io::ErrorKind::InvalidInput)?;
         self.tx.borrow_mut().send_parts(&header, packet).map_err(xsk_io_error)
     }
 

@@ -127,6 +127,9 @@ pub const SERIES: &[Series] = &[
         Some(("reason", "no_session")),
         |s| s.stats.no_session_packets,
     ),
+    counter("late_packets", "drops", DROPS, Some(("reason", "closed_flow")), |s| {
+        s.stats.late_packets
+    }),
     counter(
         "dropped_malformed",
         "drops",

@@ -62,3 +62,28 @@ pub(crate) async fn del(nl: &Netlink, dev: &Device, net: IpNet) -> Result<(), Se
         .await
         .map_err(|err| SetupError::from_netlink(format!("remove address {net} from {}", dev.name), err))
 }
+
+/// Every address of every interface in the namespace: the box's own
+/// addresses, which router mode's classifier leaves to the kernel.
+pub async fn all_local() -> Result<Vec<std::net::IpAddr>, SetupError> {
+    use futures::TryStreamExt;
+    let nl = Netlink::connect()?;
+    let mut stream = nl.handle().address().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(|err| SetupError::from_netlink("list addresses", err))?
+    {
+        for attr in &msg.attributes {
+            // IFA_LOCAL is the box's own address (IFA_ADDRESS is the peer's
+            // on point-to-point links); plain links carry the same in both.
+            if let AddressAttribute::Local(ip) | AddressAttribute::Address(ip) = attr
+                && !out.contains(ip)
+            {
+                out.push(*ip);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -195,3 +195,45 @@ pub(crate) fn kind_of(msg: &LinkMessage) -> Option<String> {
         ExistingDevice::Other { kind } => kind,
     }
 }
+
+/// What router mode needs to know about the LAN interface it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceFacts {
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub rx_queues: u32,
+}
+
+/// Reads [`InterfaceFacts`] of `name` over netlink (not sysfs, which shows
+/// the namespace it was mounted in).
+pub async fn interface_facts(name: &str) -> Result<InterfaceFacts, SetupError> {
+    let nl = Netlink::connect()?;
+    let msg = find(&nl, name)
+        .await?
+        .ok_or_else(|| SetupError::NoDevice(name.to_string()))?;
+    let mut facts = InterfaceFacts {
+        index: msg.header.index,
+        mac: [0; 6],
+        mtu: 1500,
+        rx_queues: 1,
+    };
+    let mut has_mac = false;
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::Address(mac) if mac.len() == 6 => {
+                facts.mac.copy_from_slice(mac);
+                has_mac = true;
+            }
+            LinkAttribute::Mtu(mtu) => facts.mtu = *mtu,
+            LinkAttribute::NumRxQueues(n) => facts.rx_queues = *n,
+            _ => {}
+        }
+    }
+    if !has_mac {
+        return Err(SetupError::InvalidPlan(format!(
+            "{name} has no Ethernet address: router mode serves Ethernet interfaces"
+        )));
+    }
+    Ok(facts)
+}

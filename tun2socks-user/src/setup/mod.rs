@@ -17,10 +17,11 @@ mod route;
 mod rule;
 pub mod veth;
 
+pub use address::all_local as local_addresses;
 pub use apply::{Applied, Recorder, apply, apply_with};
 pub use change::Change;
 pub use error::SetupError;
-pub use link::{ExistingDevice, inspect_device};
+pub use link::{ExistingDevice, InterfaceFacts, inspect_device, interface_facts};
 pub use plan::{Family, RouteKind, RouteSpec, RuleSpec, SetupPlan};
 pub use veth::{CreatedVeth, VethSpec};
 

@@ -9,6 +9,7 @@ mod budget;
 mod device;
 pub mod dns;
 mod limit_log;
+mod recently_closed;
 pub mod session;
 pub mod stack;
 pub mod stats;

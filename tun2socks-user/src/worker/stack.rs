@@ -20,6 +20,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, Ipv4Ad
 use super::budget::BufferBudget;
 use super::device::{OnePacket, TxPath};
 use super::limit_log::{Limit, LimitLog};
+use super::recently_closed::RecentlyClosed;
 use super::stats::WorkerStats;
 use crate::device::port::{PacketPort, Port};
 use crate::packet::{Classified, FlowKey, classify};
@@ -83,6 +84,8 @@ pub struct Stack {
     /// Sessions that ended; their sockets go once smoltcp has nothing more
     /// to send for them (a final RST or ACK).
     closing: Vec<(FlowKey, SocketHandle)>,
+    /// Flows reaped in the last seconds (see [`RecentlyClosed`]).
+    recently_closed: RecentlyClosed,
     port: Rc<Port>,
     tx_buf: Vec<u8>,
     pub stats: WorkerStats,
@@ -127,6 +130,7 @@ impl Stack {
             sockets: SocketSet::new(Vec::new()),
             flows: HashMap::new(),
             closing: Vec::new(),
+            recently_closed: RecentlyClosed::default(),
             port,
             tx_buf,
             stats,
@@ -183,10 +187,18 @@ impl Stack {
                 }
                 Ingress::Done
             }
-            None if flags.is_connection_request() => self.hold(key, packet),
+            None if flags.is_connection_request() => {
+                self.recently_closed.remove(&key);
+                self.hold(key, packet)
+            }
             None => {
                 if !flags.rst() {
-                    self.stats.no_session_packets += 1;
+                    let now = self.now();
+                    if self.recently_closed.contains(&key, now) {
+                        self.stats.late_packets += 1;
+                    } else {
+                        self.stats.no_session_packets += 1;
+                    }
                 }
                 // smoltcp answers a segment without a socket with a reset.
                 self.feed(packet);
@@ -396,9 +408,11 @@ impl Stack {
     }
 
     fn reap(&mut self) {
+        let now = self.now();
         let sockets = &mut self.sockets;
         let flows = &mut self.flows;
         let budget = &mut self.budget;
+        let recently_closed = &mut self.recently_closed;
         self.closing.retain(|&(key, handle)| {
             if !matches!(flows.get(&key), Some(Flow::Open(h)) if *h == handle) {
                 return false; // already reaped through another entry
@@ -415,6 +429,7 @@ impl Stack {
                 sockets.remove(handle);
                 budget.release(capacity);
                 flows.remove(&key);
+                recently_closed.insert(key, now);
             }
             !done
         });

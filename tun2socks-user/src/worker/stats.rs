@@ -27,6 +27,10 @@ pub struct WorkerStats {
     /// Non-SYN TCP packets for which this worker held no session: with
     /// working flow steering this stays 0 (a few are normal after resets).
     pub no_session_packets: u64,
+    /// Non-SYN TCP packets of flows this worker closed in the last 10 s (a
+    /// FIN retransmitted because our last ACK was lost): answered with a
+    /// reset, like `no_session_packets`, but no sign of a steering fault.
+    pub late_packets: u64,
     pub dropped_malformed: u64,
     /// ICMP, fragments and other traffic this build does not terminate.
     pub dropped_unsupported: u64,
@@ -50,6 +54,7 @@ impl WorkerStats {
         self.tcp_over_limit += other.tcp_over_limit;
         self.tcp_over_memory += other.tcp_over_memory;
         self.no_session_packets += other.no_session_packets;
+        self.late_packets += other.late_packets;
         self.dropped_malformed += other.dropped_malformed;
         self.dropped_unsupported += other.dropped_unsupported;
         self.tun_write_errors += other.tun_write_errors;
@@ -118,7 +123,7 @@ impl fmt::Display for WorkerStats {
             f,
             "flows_accepted={} flows_refused={} syn_over_budget={} tcp_over_limit={} tcp_over_memory={} \
              packets_in={} bytes_in={} \
-             packets_out={} bytes_out={} no_session_packets={} dropped_malformed={} \
+             packets_out={} bytes_out={} no_session_packets={} late_packets={} dropped_malformed={} \
              dropped_unsupported={} tun_write_errors={} udp_sessions_opened={} udp_sessions_evicted={} \
              udp_sessions_failed={} udp_datagrams_out={} udp_datagrams_in={} udp_dropped_out={} \
              udp_dropped_in={} udp_fragments_dropped={} dns_answered_locally={} dns_sent_over_tcp={} \
@@ -133,6 +138,7 @@ impl fmt::Display for WorkerStats {
             self.packets_out,
             self.bytes_out,
             self.no_session_packets,
+            self.late_packets,
             self.dropped_malformed,
             self.dropped_unsupported,
             self.tun_write_errors,
