@@ -21,6 +21,7 @@ mod refusal; // 4. refused destinations are refused fast
 mod robust_input; // issue 6: malformed packets, SYN flood
 mod robust_proxy; // issue 6: misbehaving SOCKS5 and HTTP proxies
 mod route_loop; // 7. a routed prefix containing the proxy
+mod router_mode; // issue 4: --device xdp://IFACE on a router's LAN interface
 mod teardown; // 6. the namespace is as before after SIGTERM/SIGINT
 mod transfer; // 2. 32 parallel verified transfers on two workers
 mod udp; // issue 3: 1. UDP echo, 2. endpoint-independent mapping, 5. session bounds

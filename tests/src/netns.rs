@@ -52,6 +52,25 @@ impl Netns {
         Ok(())
     }
 
+    /// `ethtool -K DEV tx off` inside the namespace, without ethtool (the
+    /// legacy `ETHTOOL_STXCSUM` ioctl, from a thread that joined the
+    /// namespace). A veth standing in for a wire needs it: with offload on,
+    /// its frames carry partial checksums that a real wire never would.
+    pub fn disable_tx_checksum_offload(&self, dev: &str) -> Result<()> {
+        let path = format!("/run/netns/{}", self.name);
+        let dev = dev.to_owned();
+        std::thread::spawn(move || -> Result<()> {
+            let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            // SAFETY: setns on this thread only, with an fd we own.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {path}: {}", std::io::Error::last_os_error());
+            }
+            ethtool_tx_off(&dev)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the ethtool thread panicked"))?
+    }
+
     /// A command that runs `program` inside the namespace (`ip netns exec`).
     ///
     /// `ip netns exec` execs the program in place, so the child's pid is the
@@ -178,4 +197,33 @@ mod tests {
             ]
         );
     }
+}
+
+/// `ETHTOOL_STXCSUM` with 0 on `dev` in the calling thread's namespace.
+fn ethtool_tx_off(dev: &str) -> Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().take(libc::IFNAMSIZ - 1).zip(dev.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).context("a socket for the ioctl")?;
+    // SAFETY: SIOCETHTOOL reads the ifreq and the value it points to, both
+    // alive for the call.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&socket), SIOCETHTOOL, &mut ifr) };
+    if rc < 0 {
+        bail!("ethtool -K {dev} tx off: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -65,8 +65,10 @@ pub struct Cli {
 
     /// Packet I/O: tun://NAME, a multi-queue TUN device (created, or adopted if made by
     /// `ip tuntap add mode tun multi_queue`); veth://NAME, host mode over AF_XDP: a veth pair NAME /
-    /// NAME's peer (NAME + "x") with one queue per worker, the peer served by XDP and AF_XDP sockets.
-    #[arg(long, value_name = "tun://NAME|veth://NAME", default_value = "tun://tun2socks0", value_parser = parse_device)]
+    /// NAME's peer (NAME + "x") with one queue per worker, the peer served by XDP and AF_XDP sockets;
+    /// xdp://IFACE, router mode: the proxied flows of the LAN clients on IFACE (an existing Ethernet
+    /// interface) go to the workers over AF_XDP, everything else stays the kernel's (no routes change).
+    #[arg(long, value_name = "tun://NAME|veth://NAME|xdp://IFACE", default_value = "tun://tun2socks0", value_parser = parse_device)]
     pub device: DeviceSpec,
 
     /// Worker threads, one TUN queue and one core each [default: online CPUs].
@@ -197,7 +199,7 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         netns: Option<String>,
         /// The instance of this device, when several run in the namespace.
-        #[arg(long, value_name = "tun://NAME|veth://NAME", value_parser = parse_device)]
+        #[arg(long, value_name = "tun://NAME|veth://NAME|xdp://IFACE", value_parser = parse_device)]
         device: Option<DeviceSpec>,
     },
     /// Roll back the network setup of instances that died without undoing it (journals in /run/tun2socks/).
@@ -300,6 +302,9 @@ pub enum DeviceKind {
     /// Host mode: a veth pair we create, its far end served by XDP and one
     /// AF_XDP socket per worker.
     Veth,
+    /// Router mode: an existing LAN interface served by XDP and one AF_XDP
+    /// socket per worker (per RX queue); no routes or rules change.
+    Xdp,
 }
 
 /// `--device`: the kind of device and the name of the interface the
@@ -315,7 +320,7 @@ impl DeviceSpec {
     /// AF_XDP sockets serve): the device's name with an `x` appended.
     pub fn peer(&self) -> Option<String> {
         match self.kind {
-            DeviceKind::Tun => None,
+            DeviceKind::Tun | DeviceKind::Xdp => None,
             DeviceKind::Veth => Some(format!("{}x", self.name)),
         }
     }
@@ -326,6 +331,7 @@ impl std::fmt::Display for DeviceSpec {
         let scheme = match self.kind {
             DeviceKind::Tun => "tun",
             DeviceKind::Veth => "veth",
+            DeviceKind::Xdp => "xdp",
         };
         write!(f, "{scheme}://{}", self.name)
     }
@@ -336,8 +342,10 @@ pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
         (DeviceKind::Tun, name)
     } else if let Some(name) = s.strip_prefix("veth://") {
         (DeviceKind::Veth, name)
+    } else if let Some(name) = s.strip_prefix("xdp://") {
+        (DeviceKind::Xdp, name)
     } else {
-        return Err(format!("{s:?}: expected tun://NAME or veth://NAME"));
+        return Err(format!("{s:?}: expected tun://NAME, veth://NAME or xdp://IFACE"));
     };
     crate::device::tun::validate_name(name).map_err(|e| e.to_string())?;
     let spec = DeviceSpec {

@@ -22,6 +22,7 @@ use crate::host_mode::{self, HostDevice};
 use crate::journal::{self, Journal};
 use crate::metrics::EbpfCounters;
 use crate::proxy::Upstream;
+use crate::router_mode::RouterDevice;
 use crate::setup::{self, ExistingDevice, SetupError, SetupPlan};
 use crate::steering::Steering;
 use crate::worker::{self, Phase, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
@@ -116,6 +117,8 @@ async fn tunnel(
     let applied = if cli.no_setup {
         info!("--no-setup: leaving the device's addresses, MTU, link state, routes and rules alone");
         None
+    } else if cli.device.kind == DeviceKind::Xdp {
+        None // router mode changes no routes: XDP decides what is proxied
     } else {
         Some(setup::apply_with(plan, journal).await)
     };
@@ -134,8 +137,9 @@ async fn tunnel(
         Err(e) => warn!(error = %e, "could not drop capabilities; running with those we were given"),
     }
     let ebpf_counters = device.take_ebpf_counters();
+    let mtu = device.mtu(plan);
     let ports = device.take_ports();
-    let result = run_workers(cli, plan.mtu, upstream, dns, ports, signals, endpoints, ebpf_counters).await;
+    let result = run_workers(cli, mtu, upstream, dns, ports, signals, endpoints, ebpf_counters).await;
     let mut undone = match applied {
         None => true,
         Some(applied) => match applied.undo().await {
@@ -161,6 +165,7 @@ enum Opened {
         steering: Option<Steering>,
     },
     Host(Box<HostDevice>),
+    Router(RouterDevice),
 }
 
 impl Opened {
@@ -173,6 +178,18 @@ impl Opened {
                 info!(device = %cli.device.name, %peer, mtu = host.mtu, "host mode: AF_XDP on a veth pair");
                 Ok(Opened::Host(Box::new(host)))
             }
+            DeviceKind::Xdp => Ok(Opened::Router(
+                RouterDevice::open(&cli.device.name, cli.workers(), plan).await?,
+            )),
+        }
+    }
+
+    /// The MTU the workers' stacks use.
+    fn mtu(&self, plan: &SetupPlan) -> u32 {
+        match self {
+            Opened::Tun { .. } => plan.mtu,
+            Opened::Host(host) => host.mtu,
+            Opened::Router(router) => router.mtu,
         }
     }
 
@@ -205,6 +222,7 @@ impl Opened {
                 .and_then(Steering::take_counters)
                 .map(EbpfCounters::Steer),
             Opened::Host(host) => host.take_counters().map(EbpfCounters::Xdp),
+            Opened::Router(router) => router.take_counters().map(EbpfCounters::Xdp),
         };
         counters.map(Arc::new)
     }
@@ -214,6 +232,7 @@ impl Opened {
         match self {
             Opened::Tun { queues, .. } => std::mem::take(queues).into_iter().map(Port::tun).collect(),
             Opened::Host(host) => host.take_ports().into_iter().map(Port::Xsk).collect(),
+            Opened::Router(router) => router.take_ports().into_iter().map(Port::Xsk).collect(),
         }
     }
 
@@ -231,6 +250,10 @@ impl Opened {
                     false
                 }
             },
+            Opened::Router(router) => {
+                router.close();
+                true
+            }
         }
     }
 }
@@ -280,10 +303,17 @@ async fn upstream(cli: &Cli) -> anyhow::Result<Upstream> {
 
 /// Checks that `name` is free or an adoptable TUN device; true when free (we
 /// will create the device). Host mode creates its veth pair, so both names
-/// must be free.
+/// must be free; router mode needs an existing Ethernet interface.
 async fn check_device(name: &str, kind: DeviceKind) -> anyhow::Result<bool> {
     let existing = setup::inspect_device(name).await.context("inspecting the device")?;
     match existing {
+        ExistingDevice::Absent if kind == DeviceKind::Xdp => {
+            bail!("router mode serves an existing LAN interface, but there is no interface {name}")
+        }
+        ExistingDevice::Tun { .. } if kind == DeviceKind::Xdp => {
+            bail!("{name} is a TUN device: router mode serves an Ethernet interface (use --device tun://{name})")
+        }
+        _ if kind == DeviceKind::Xdp => Ok(false),
         ExistingDevice::Absent => Ok(true),
         _ if kind == DeviceKind::Veth => bail!(
             "host mode creates the veth pair itself, but the name {name} is taken; \

@@ -98,17 +98,10 @@ impl HostDevice {
         };
         let mut classifier = XdpClassifier::attach(peer, &addresses)
             .with_context(|| format!("attaching the XDP classifier to {peer}"))?;
-        let config = XskConfig::default();
-        let mut ports = Vec::with_capacity(queues as usize);
-        for queue in 0..queues {
-            let socket = XskSocket::bind(peer, queue, &config)
-                .with_context(|| format!("binding an AF_XDP socket to {peer} queue {queue}"))?;
-            classifier
-                .register(queue, &socket)
-                .with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
-            tracing::info!(queue, mode = socket.mode().name(), "AF_XDP socket bound");
-            ports.push(XskPort::new(socket, PEER_MAC, DEVICE_MAC));
-        }
+        let ports = bind_sockets(peer, queues, &mut classifier)?
+            .into_iter()
+            .map(|socket| XskPort::new(socket, PEER_MAC, DEVICE_MAC))
+            .collect();
         Ok((classifier, ports))
     }
 
@@ -166,4 +159,25 @@ impl HostDevice {
         }
         veth.remove().await.context("deleting the veth pair")
     }
+}
+
+/// Binds one AF_XDP socket to each of the first `queues` RX queues of
+/// `ifname` and registers it with the classifier attached there.
+pub(crate) fn bind_sockets(
+    ifname: &str,
+    queues: u32,
+    classifier: &mut XdpClassifier,
+) -> anyhow::Result<Vec<XskSocket>> {
+    let config = XskConfig::default();
+    let mut sockets = Vec::with_capacity(queues as usize);
+    for queue in 0..queues {
+        let socket = XskSocket::bind(ifname, queue, &config)
+            .with_context(|| format!("binding an AF_XDP socket to {ifname} queue {queue}"))?;
+        classifier
+            .register(queue, &socket)
+            .with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
+        tracing::info!(ifname, queue, mode = socket.mode().name(), "AF_XDP socket bound");
+        sockets.push(socket);
+    }
+    Ok(sockets)
 }

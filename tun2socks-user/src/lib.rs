@@ -13,6 +13,7 @@ pub mod notify;
 pub mod packet;
 pub mod privileges;
 pub mod proxy;
+pub mod router_mode;
 pub mod setup;
 pub mod steering;
 pub mod tc_steer;
