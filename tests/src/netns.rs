@@ -179,26 +179,6 @@ pub fn list() -> Result<Vec<String>> {
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn udp_errors_of_both_families() {
-        let text = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\nUdp: 10 0 3 9 3\n\
-                    UdpLite: InDatagrams NoPorts\nUdpLite: 0 5\nUdp6InDatagrams   4\nUdp6RcvbufErrors \t2\n";
-        let errors = udp_errors(text);
-        assert_eq!(
-            errors,
-            [
-                ("UdpInErrors".into(), 3),
-                ("UdpRcvbufErrors".into(), 3),
-                ("Udp6RcvbufErrors".into(), 2)
-            ]
-        );
-    }
-}
-
 /// `ETHTOOL_STXCSUM` with 0 on `dev` in the calling thread's namespace.
 fn ethtool_tx_off(dev: &str) -> Result<()> {
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
@@ -226,4 +206,24 @@ fn ethtool_tx_off(dev: &str) -> Result<()> {
         bail!("ethtool -K {dev} tx off: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_errors_of_both_families() {
+        let text = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\nUdp: 10 0 3 9 3\n\
+                    UdpLite: InDatagrams NoPorts\nUdpLite: 0 5\nUdp6InDatagrams   4\nUdp6RcvbufErrors \t2\n";
+        let errors = udp_errors(text);
+        assert_eq!(
+            errors,
+            [
+                ("UdpInErrors".into(), 3),
+                ("UdpRcvbufErrors".into(), 3),
+                ("Udp6RcvbufErrors".into(), 2)
+            ]
+        );
+    }
 }
