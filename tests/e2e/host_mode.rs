@@ -165,3 +165,26 @@ fn transfers_under_random_loss_keep_their_workers() -> Result<()> {
         Ok(())
     })
 }
+
+/// `--device auto` (the default) picks host mode at MTUs it carries, where
+/// it measured faster than TUN, and TUN above (its larger packets win).
+#[test]
+fn auto_picks_host_mode_at_small_mtus_and_tun_above() -> Result<()> {
+    in_lab(|lab| {
+        lab.start_dante()?;
+        lab.start_http()?;
+        for (mtu, host_mode) in [("1500", true), ("9000", false)] {
+            let daemon = Daemon::start(lab, &dante_url(false), &["--mtu", mtu])?;
+            let log = daemon.log();
+            ensure!(log.contains("--device auto"), "no choice logged:\n{log}");
+            ensure!(
+                log.contains("host mode: AF_XDP on a veth pair") == host_mode,
+                "MTU {mtu}: host mode expected: {host_mode}\n{log}"
+            );
+            expect_hello(lab, false)?;
+            expect_hello(lab, true)?;
+            expect_clean_exit(&daemon.stop()?, None)?;
+        }
+        Ok(())
+    })
+}

@@ -63,12 +63,14 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub proxy_file: Option<PathBuf>,
 
-    /// Packet I/O: tun://NAME, a multi-queue TUN device (created, or adopted if made by
+    /// Packet I/O: auto picks the faster of host mode and TUN for the settings (TUN above MTU 3506, where
+    /// it measured faster; host mode at or below it; TUN when XDP is unavailable) on tun2socks0;
+    /// tun://NAME, a multi-queue TUN device (created, or adopted if made by
     /// `ip tuntap add mode tun multi_queue`); veth://NAME, host mode over AF_XDP: a veth pair NAME /
     /// NAME's peer (NAME + "x") with one queue per worker, the peer served by XDP and AF_XDP sockets;
     /// xdp://IFACE, router mode: the proxied flows of the LAN clients on IFACE (an existing Ethernet
     /// interface) go to the workers over AF_XDP, everything else stays the kernel's (no routes change).
-    #[arg(long, value_name = "tun://NAME|veth://NAME|xdp://IFACE", default_value = "tun://tun2socks0", value_parser = parse_device)]
+    #[arg(long, value_name = "auto|tun://NAME|veth://NAME|xdp://IFACE", default_value = "auto", value_parser = parse_device)]
     pub device: DeviceSpec,
 
     /// Worker threads, one TUN queue and one core each [default: online CPUs].
@@ -305,6 +307,9 @@ pub enum DeviceKind {
     /// Router mode: an existing LAN interface served by XDP and one AF_XDP
     /// socket per worker (per RX queue); no routes or rules change.
     Xdp,
+    /// `auto`: host mode or TUN, whichever is faster for the settings
+    /// (decided at start, see `daemon::choose_device`).
+    Auto,
 }
 
 /// `--device`: the kind of device and the name of the interface the
@@ -313,14 +318,19 @@ pub enum DeviceKind {
 pub struct DeviceSpec {
     pub kind: DeviceKind,
     pub name: String,
+    /// Chosen by `auto`: host mode falls back to TUN if it cannot start.
+    pub chosen: bool,
 }
+
+/// The interface `--device auto` uses.
+pub const AUTO_DEVICE_NAME: &str = "tun2socks0";
 
 impl DeviceSpec {
     /// In host mode, the name of the veth's far end (the one XDP and the
     /// AF_XDP sockets serve): the device's name with an `x` appended.
     pub fn peer(&self) -> Option<String> {
         match self.kind {
-            DeviceKind::Tun | DeviceKind::Xdp => None,
+            DeviceKind::Tun | DeviceKind::Xdp | DeviceKind::Auto => None,
             DeviceKind::Veth => Some(format!("{}x", self.name)),
         }
     }
@@ -332,25 +342,29 @@ impl std::fmt::Display for DeviceSpec {
             DeviceKind::Tun => "tun",
             DeviceKind::Veth => "veth",
             DeviceKind::Xdp => "xdp",
+            DeviceKind::Auto => return f.write_str("auto"),
         };
         write!(f, "{scheme}://{}", self.name)
     }
 }
 
 pub(crate) fn parse_device(s: &str) -> Result<DeviceSpec, String> {
-    let (kind, name) = if let Some(name) = s.strip_prefix("tun://") {
+    let (kind, name) = if s == "auto" {
+        (DeviceKind::Auto, AUTO_DEVICE_NAME)
+    } else if let Some(name) = s.strip_prefix("tun://") {
         (DeviceKind::Tun, name)
     } else if let Some(name) = s.strip_prefix("veth://") {
         (DeviceKind::Veth, name)
     } else if let Some(name) = s.strip_prefix("xdp://") {
         (DeviceKind::Xdp, name)
     } else {
-        return Err(format!("{s:?}: expected tun://NAME, veth://NAME or xdp://IFACE"));
+        return Err(format!("{s:?}: expected auto, tun://NAME, veth://NAME or xdp://IFACE"));
     };
     crate::device::tun::validate_name(name).map_err(|e| e.to_string())?;
     let spec = DeviceSpec {
         kind,
         name: name.to_string(),
+        chosen: false,
     };
     // The peer's name must be a valid interface name too.
     if let Some(peer) = spec.peer() {
@@ -394,7 +408,7 @@ mod tests {
     fn defaults() {
         let cli = parse(&["--proxy", "socks5://10.0.1.2:1080"]).unwrap();
         assert_eq!(cli.device.name, "tun2socks0");
-        assert_eq!(cli.device.kind, DeviceKind::Tun);
+        assert_eq!(cli.device.kind, DeviceKind::Auto);
         assert_eq!(cli.fwmark, DEFAULT_FWMARK);
         assert_eq!(cli.table(), DEFAULT_FWMARK);
         assert!(cli.routes.is_empty());

@@ -655,7 +655,7 @@ connect-timeout = 2.5
         assert!(text.contains("workers = 3  # command line"), "{text}");
         assert!(text.contains("mtu = 1500  # config file line 3"), "{text}");
         assert!(text.contains("route = [\"10.0.0.0/8\", \"fd00::/16\"]"), "{text}");
-        assert!(text.contains("device = \"tun://tun2socks0\"  # default"), "{text}");
+        assert!(text.contains("device = \"auto\"  # default"), "{text}");
         assert!(text.contains("# netns: not set"), "{text}");
         // Every key is listed, and the output is a valid config itself
         // once the masked password is replaced.

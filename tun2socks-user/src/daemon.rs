@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::cli::{Cli, DeviceKind};
+use crate::cli::{Cli, DeviceKind, DeviceSpec};
 use crate::device::port::Port;
 use crate::device::tun::{self, TunError, TunQueue};
 use crate::dns::{DnsMode, DnsService, FakeIpConfig, FakeIpPool};
@@ -45,7 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     control.block_on(serve(cli))
 }
 
-async fn serve(cli: Cli) -> anyhow::Result<()> {
+async fn serve(mut cli: Cli) -> anyhow::Result<()> {
     // Registered first, so a signal during setup still leads to a clean undo.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -61,6 +61,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     }
 
     // Everything that can fail on bad input fails before anything changes.
+    cli.device = choose_device(&cli).await?;
     let upstream = upstream(&cli).await?;
     let addresses = if cli.addresses.is_empty() {
         default_addresses()
@@ -174,13 +175,26 @@ impl Opened {
             DeviceKind::Tun => Self::open_tun(cli),
             DeviceKind::Veth => {
                 let peer = cli.device.peer().expect("a veth device has a peer");
-                let host = HostDevice::open(&cli.device.name, &peer, cli.workers(), plan, journal).await?;
-                info!(device = %cli.device.name, %peer, mtu = host.mtu, "host mode: AF_XDP on a veth pair");
-                Ok(Opened::Host(Box::new(host)))
+                match HostDevice::open(&cli.device.name, &peer, cli.workers(), plan, journal).await {
+                    Ok(host) => {
+                        info!(device = %cli.device.name, %peer, mtu = host.mtu, "host mode: AF_XDP on a veth pair");
+                        Ok(Opened::Host(Box::new(host)))
+                    }
+                    Err(e) if cli.device.chosen => {
+                        warn!(
+                            error = format!("{e:#}"),
+                            "--device auto: host mode (XDP, AF_XDP) is unavailable here; \
+                              falling back to the multi-queue TUN device"
+                        );
+                        Self::open_tun(cli)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             DeviceKind::Xdp => Ok(Opened::Router(
                 RouterDevice::open(&cli.device.name, cli.workers(), plan).await?,
             )),
+            DeviceKind::Auto => unreachable!("choose_device resolved auto"),
         }
     }
 
@@ -299,6 +313,46 @@ async fn upstream(cli: &Cli) -> anyhow::Result<Upstream> {
             cli.proxy.redacted()
         ),
     }
+}
+
+/// `--device auto`: host mode where it was measured faster, else TUN
+/// (docs/ARCHITECTURE.md, "Choosing a mode"). Host mode carries at most
+/// [`host_mode::MAX_MTU`]; above it TUN's larger packets win. An existing
+/// TUN device of that name, or `--no-setup` (host mode needs its own
+/// setup), means TUN.
+async fn choose_device(cli: &Cli) -> anyhow::Result<DeviceSpec> {
+    let spec = &cli.device;
+    if spec.kind != DeviceKind::Auto {
+        return Ok(spec.clone());
+    }
+    let existing = setup::inspect_device(&spec.name)
+        .await
+        .context("inspecting the device")?;
+    let (kind, why) = if cli.no_setup {
+        (
+            DeviceKind::Tun,
+            "--no-setup: the device is yours, so it is a TUN device",
+        )
+    } else if matches!(existing, ExistingDevice::Tun { .. }) {
+        (DeviceKind::Tun, "a TUN device of that name exists: adopting it")
+    } else if cli.mtu > host_mode::MAX_MTU {
+        (
+            DeviceKind::Tun,
+            "the MTU is above what host mode carries, and TUN with the larger MTU measured faster",
+        )
+    } else {
+        (
+            DeviceKind::Veth,
+            "host mode (AF_XDP) measured faster than TUN at this MTU",
+        )
+    };
+    let chosen = DeviceSpec {
+        kind,
+        name: spec.name.clone(),
+        chosen: true,
+    };
+    info!(device = %chosen, mtu = cli.mtu, why, "--device auto");
+    Ok(chosen)
 }
 
 /// Checks that `name` is free or an adoptable TUN device; true when free (we

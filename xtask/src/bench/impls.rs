@@ -133,9 +133,12 @@ impl<'a> Running<'a> {
             Kind::Tun2socks { workers } | Kind::Tun2socksXdp { workers } => {
                 let mtu = variant.mtu.context("tun2socks needs an MTU")?.to_string();
                 let mut args = vec!["--workers".to_owned(), workers.to_string(), "--mtu".to_owned(), mtu];
-                if matches!(variant.kind, Kind::Tun2socksXdp { .. }) {
-                    args.extend(["--device".to_owned(), "veth://t2s0".to_owned()]);
-                }
+                // Named explicitly: the default (auto) picks by MTU.
+                let device = match variant.kind {
+                    Kind::Tun2socksXdp { .. } => "veth://t2s0",
+                    _ => "tun://tun2socks0",
+                };
+                args.extend(["--device".to_owned(), device.to_owned()]);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let mut cmd = Daemon::command_with(&bins.daemon, bed.lab(), &dante_url(false), &args);
                 cmd.env("RUST_LOG", "info");
