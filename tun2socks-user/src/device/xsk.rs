@@ -618,7 +618,8 @@ impl XskTx {
     /// Copies `frame` (a whole Ethernet frame) into a free TX frame and puts
     /// it on the TX ring. Nothing moves before [`XskTx::flush`].
     /// [`XskError::TxFull`] when every TX frame is in flight even after
-    /// reaping completions: the caller counts or backs off.
+    /// reaping completions and kicking out what was queued: the caller
+    /// counts it (TCP retransmits).
     pub fn send(&mut self, frame: &[u8]) -> Result<(), XskError> {
         self.send_parts(&[], frame)
     }
@@ -636,6 +637,12 @@ impl XskTx {
         }
         if self.free.is_empty() {
             self.reap_completions();
+        }
+        if self.free.is_empty() && self.unkicked > 0 {
+            // Back off by sending what is queued: in copy mode the kick
+            // transmits at once and its frames come back as completions.
+            // A kick that fails leaves the ring full: reported below.
+            let _ = self.flush();
         }
         let Some(mut desc) = self.free.pop() else {
             self.stats.tx_full += 1;
