@@ -10,7 +10,7 @@ use lab::Daemon;
 use lab::servers::{dante_url, microsocks_url};
 use lab::topology::port;
 
-use crate::support::{expect_clean_exit, expect_hello, in_lab, probe, srv, xfer_from};
+use crate::support::{expect_clean_exit, expect_hello, expect_spread_over_workers, in_lab, probe, srv, xfer_from};
 use crate::udp::{COUNT, echo, expect_udp_counters, max_payload_at, t2s_udp};
 
 const HOST_MODE: [&str; 2] = ["--device", "veth://t2s0"];
@@ -54,17 +54,7 @@ fn parallel_verified_transfers_over_af_xdp() -> Result<()> {
         let summary = xfer_from(lab, lab.app(), v6, 32, "8MiB", "both", &half_close)?;
         eprintln!("IPv6: {summary}");
 
-        let exit = daemon.stop()?;
-        expect_clean_exit(&exit, Some(2))?;
-        for worker in &exit.workers {
-            ensure!(
-                worker.require("flows_accepted")? > 0,
-                "a worker carried no flows (queue steering?): {:?}",
-                exit.workers
-            );
-        }
-        let flows = exit.total("flows_accepted");
-        ensure!(flows >= 128, "only {flows} flows accepted for 128 transfers");
+        expect_spread_over_workers(&daemon.stop()?, 2, 128)?;
         Ok(())
     })
 }
@@ -154,14 +144,7 @@ fn transfers_under_random_loss_keep_their_workers() -> Result<()> {
             exit.total("no_session_packets")
         );
         // no_session_packets = 0 on both workers: checked here.
-        expect_clean_exit(&exit, Some(2))?;
-        for worker in &exit.workers {
-            ensure!(
-                worker.require("flows_accepted")? > 0,
-                "a worker carried no flows: {:?}",
-                exit.workers
-            );
-        }
+        expect_spread_over_workers(&exit, 2, 64)?;
         Ok(())
     })
 }

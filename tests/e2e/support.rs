@@ -165,6 +165,22 @@ pub fn expect_clean_exit(exit: &DaemonExit, workers: Option<usize>) -> Result<()
     Ok(())
 }
 
+/// A clean exit on `workers` workers, each of which carried at least one
+/// flow (steering spread them), and at least `flows` flows in all.
+pub fn expect_spread_over_workers(exit: &DaemonExit, workers: usize, flows: u64) -> Result<()> {
+    expect_clean_exit(exit, Some(workers))?;
+    for worker in &exit.workers {
+        ensure!(
+            worker.require("flows_accepted")? > 0,
+            "a worker carried no flows (steering?): {:?}",
+            exit.workers
+        );
+    }
+    let total = exit.total("flows_accepted");
+    ensure!(total >= flows, "only {total} flows accepted, {flows} expected");
+    Ok(())
+}
+
 /// `curl` from `app` to the HTTP server in `srv`; the body must be the lab's.
 pub fn expect_hello(lab: &Lab, v6: bool) -> Result<()> {
     let url = lab::servers::hello_url(v6);

@@ -2,12 +2,12 @@
 //! by SHA-256, on two workers that both carry flows and never see a packet of
 //! a flow they hold no state for.
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use lab::Daemon;
 use lab::servers::dante_url;
 use lab::topology::port;
 
-use crate::support::{expect_clean_exit, in_lab, probe, srv, xfer_from};
+use crate::support::{expect_spread_over_workers, in_lab, probe, srv, xfer_from};
 
 #[test]
 fn parallel_verified_transfers_on_two_workers() -> Result<()> {
@@ -25,18 +25,8 @@ fn parallel_verified_transfers_on_two_workers() -> Result<()> {
         let summary = xfer_from(lab, lab.app(), v6, 4, "1MiB", "both", &half_close)?;
         eprintln!("IPv6: {summary}");
 
-        let exit = daemon.stop()?;
-        expect_clean_exit(&exit, Some(2))?;
-        for worker in &exit.workers {
-            ensure!(
-                worker.require("flows_accepted")? > 0,
-                "a worker carried no flows (steering?): {:?}",
-                exit.workers
-            );
-        }
         // 64 IPv4 and 8 IPv6 transfers, one connection each.
-        let flows = exit.total("flows_accepted");
-        ensure!(flows >= 72, "only {flows} flows accepted for 72 transfers");
+        expect_spread_over_workers(&daemon.stop()?, 2, 72)?;
         Ok(())
     })
 }

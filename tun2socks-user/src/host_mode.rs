@@ -130,13 +130,7 @@ impl HostDevice {
     /// The classifier's counters, for metrics; `None` after the first call
     /// (or if they cannot be read).
     pub fn take_counters(&mut self) -> Option<XdpCounterReader> {
-        match self.classifier.take_counters() {
-            Ok(reader) => Some(reader),
-            Err(error) => {
-                tracing::warn!(%error, "the XDP classifier's counters are unreadable");
-                None
-            }
-        }
+        self.classifier.counter_reader()
     }
 
     /// Detaches the classifier and deletes the pair.

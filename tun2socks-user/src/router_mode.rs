@@ -80,13 +80,7 @@ impl RouterDevice {
 
     /// The classifier's counters, for metrics.
     pub fn take_counters(&mut self) -> Option<XdpCounterReader> {
-        match self.classifier.take_counters() {
-            Ok(reader) => Some(reader),
-            Err(error) => {
-                tracing::warn!(%error, "the XDP classifier's counters are unreadable");
-                None
-            }
-        }
+        self.classifier.counter_reader()
     }
 
     /// Takes the classifier off the interface.

@@ -330,6 +330,14 @@ impl XdpClassifier {
         Ok(XdpCounterReader { map })
     }
 
+    /// [`Self::take_counters`] for metrics: `None` (with a warning) when
+    /// they cannot be read, or were taken already.
+    pub fn counter_reader(&mut self) -> Option<XdpCounterReader> {
+        self.take_counters()
+            .inspect_err(|error| tracing::warn!(%error, "the XDP classifier's counters are unreadable"))
+            .ok()
+    }
+
     /// Takes the program off the interface now (dropping does the same).
     pub fn detach(mut self) -> Result<(), XdpError> {
         self.detach_link()

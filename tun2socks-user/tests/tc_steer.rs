@@ -43,13 +43,13 @@ use socket2::{Domain, Socket, Type};
 use tun2socks::device::xsk::{XskConfig, XskMode, XskSocket};
 use tun2socks::steering::queue_for_packet;
 use tun2socks::tc_steer::{QueueSteer, TcHook};
-use tun2socks::xdp::{AddressPlan, XdpClassifier};
+use tun2socks::xdp::XdpClassifier;
 use tun2socks_ebpf::tc::QueueSteerCounter;
 use tun2socks_ebpf::xdp::XdpCounter;
 
 mod common;
-use common::veth::{End, VethLab, in_ns};
-use common::{ip, is_root};
+use common::ip;
+use common::veth::{End, VethLab, in_ns, kernel_test_can_run, test_plan};
 
 const GW_IF: &str = "sg";
 const CL_IF: &str = "sc";
@@ -59,6 +59,16 @@ const GW_V4: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 1);
 const CL_V4: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 2);
 const GW_V6: Ipv6Addr = Ipv6Addr::new(0xfd97, 0, 0, 0, 0, 0, 0, 1);
 const CL_V6: Ipv6Addr = Ipv6Addr::new(0xfd97, 0, 0, 0, 0, 0, 0, 2);
+const GW_END: End = End {
+    dev: GW_IF,
+    v4: GW_V4,
+    v6: GW_V6,
+};
+const CL_END: End = End {
+    dev: CL_IF,
+    v4: CL_V4,
+    v6: CL_V6,
+};
 /// Routed (captured) destinations; nothing answers there.
 const REMOTE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 30);
 const REMOTE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x30);
@@ -79,42 +89,15 @@ const QUIET: Duration = Duration::from_millis(200);
 
 #[test]
 fn tc_egress_program_keeps_each_flow_on_its_predicted_queue() {
-    if !is_root() {
-        eprintln!("skipped: needs root (namespaces, CAP_BPF, CAP_NET_ADMIN)");
+    if !kernel_test_can_run() {
         return;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
-    let lab = VethLab::new(
-        "tcs",
-        QUEUES,
-        &End {
-            dev: GW_IF,
-            v4: GW_V4,
-            v6: GW_V6,
-        },
-        &End {
-            dev: CL_IF,
-            v4: CL_V4,
-            v6: CL_V6,
-        },
-    );
-    let cl = &lab.cl;
-    ip(&format!("-n {cl} route add 198.51.100.0/24 via {GW_V4}"));
-    ip(&format!("-n {cl} -6 route add 2001:db8:100::/48 via {GW_V6}"));
+    let lab = VethLab::routed("tcs", QUEUES, &GW_END, &CL_END);
     lab.run_in_gateway(gateway);
 }
 
 fn gateway(_gw: &str, cl: &str) {
-    let plan = AddressPlan {
-        routed: ["198.51.100.0/24", "2001:db8:100::/48"]
-            .map(|n| n.parse().unwrap())
-            .to_vec(),
-        bypass: Vec::new(),
-        local: vec![IpAddr::V4(GW_V4), IpAddr::V6(GW_V6)],
-    };
+    let plan = test_plan(&GW_END, &[]);
     let mut classifier = XdpClassifier::attach(GW_IF, &plan).expect("attach the classifier");
     let config = XskConfig {
         frame_size: 2048,

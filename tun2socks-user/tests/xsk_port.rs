@@ -20,18 +20,17 @@
 //!
 //! Run: `cargo test -p tun2socks --test xsk_port`
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use tun2socks::device::port::{PacketPort, XskPort};
 use tun2socks::device::xsk::{XskConfig, XskMode, XskSocket};
 use tun2socks::packet::{Classified, classify, write_udp};
-use tun2socks::xdp::{AddressPlan, XdpClassifier};
+use tun2socks::xdp::XdpClassifier;
 
 mod common;
-use common::veth::{End, VethLab, in_ns, mac};
-use common::{ip, is_root};
+use common::veth::{End, VethLab, in_ns, kernel_test_can_run, mac, test_plan};
 
 const GW_IF: &str = "pg";
 const CL_IF: &str = "pc";
@@ -40,6 +39,16 @@ const GW_V4: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
 const CL_V4: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
 const GW_V6: Ipv6Addr = Ipv6Addr::new(0xfd98, 0, 0, 0, 0, 0, 0, 1);
 const CL_V6: Ipv6Addr = Ipv6Addr::new(0xfd98, 0, 0, 0, 0, 0, 0, 2);
+const GW_END: End = End {
+    dev: GW_IF,
+    v4: GW_V4,
+    v6: GW_V6,
+};
+const CL_END: End = End {
+    dev: CL_IF,
+    v4: CL_V4,
+    v6: CL_V6,
+};
 /// Routed (captured) destinations.
 const REMOTE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
 const REMOTE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x20);
@@ -48,38 +57,15 @@ const WAIT: Duration = Duration::from_secs(5);
 
 #[test]
 fn xsk_port_unframes_received_packets_and_frames_sent_ones() {
-    if !is_root() {
-        eprintln!("skipped: needs root (namespaces, CAP_BPF, CAP_NET_ADMIN)");
+    if !kernel_test_can_run() {
         return;
     }
-    let lab = VethLab::new(
-        "xport",
-        1,
-        &End {
-            dev: GW_IF,
-            v4: GW_V4,
-            v6: GW_V6,
-        },
-        &End {
-            dev: CL_IF,
-            v4: CL_V4,
-            v6: CL_V6,
-        },
-    );
-    let cl = &lab.cl;
-    ip(&format!("-n {cl} route add 198.51.100.0/24 via {GW_V4}"));
-    ip(&format!("-n {cl} -6 route add 2001:db8:100::/48 via {GW_V6}"));
+    let lab = VethLab::routed("xport", 1, &GW_END, &CL_END);
     lab.run_in_gateway(gateway);
 }
 
 fn gateway(gw: &str, cl: &str) {
-    let plan = AddressPlan {
-        routed: ["198.51.100.0/24", "2001:db8:100::/48"]
-            .map(|n| n.parse().unwrap())
-            .to_vec(),
-        bypass: Vec::new(),
-        local: vec![IpAddr::V4(GW_V4), IpAddr::V6(GW_V6)],
-    };
+    let plan = test_plan(&GW_END, &[]);
     let mut classifier = XdpClassifier::attach(GW_IF, &plan).expect("attach the classifier");
     let config = XskConfig {
         frame_size: 2048,

@@ -6,11 +6,12 @@
 //! its frames carry complete checksums. The namespaces are named after the
 //! test's pid and removed on drop, also when the test fails.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::thread;
 
 use tun2socks::netns;
+use tun2socks::xdp::AddressPlan;
 
 use super::ip;
 
@@ -19,6 +20,34 @@ pub struct End {
     pub dev: &'static str,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
+}
+
+/// The prefixes the AF_XDP tests' clients route through the gateway, and
+/// the classifier captures.
+pub const TEST_ROUTES: [&str; 2] = ["198.51.100.0/24", "2001:db8:100::/48"];
+
+/// A classifier plan capturing [`TEST_ROUTES`] minus `bypass`, with the
+/// gateway end's addresses as the box's own.
+pub fn test_plan(gw_end: &End, bypass: &[&str]) -> AddressPlan {
+    AddressPlan {
+        routed: TEST_ROUTES.iter().map(|n| n.parse().unwrap()).collect(),
+        bypass: bypass.iter().map(|n| n.parse().unwrap()).collect(),
+        local: vec![IpAddr::V4(gw_end.v4), IpAddr::V6(gw_end.v6)],
+    }
+}
+
+/// Whether a kernel test can run (it needs root: namespaces, CAP_BPF,
+/// CAP_NET_ADMIN); says why not. Sends tracing output to the test's.
+pub fn kernel_test_can_run() -> bool {
+    if !super::is_root() {
+        eprintln!("skipped: needs root (namespaces, CAP_BPF, CAP_NET_ADMIN)");
+        return false;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    true
 }
 
 pub struct VethLab {
@@ -59,6 +88,17 @@ impl VethLab {
         // cross the veth with partial TCP/UDP checksums (pseudo-header
         // only), and so they reach the AF_XDP socket.
         in_ns(cl, || tun2socks::device::ethtool::disable_tx_checksum(cl_if)).expect("ethtool -K <client end> tx off");
+        lab
+    }
+
+    /// [`VethLab::new`], with the client routing [`TEST_ROUTES`] through
+    /// the gateway's end.
+    pub fn routed(tag: &str, queues: u32, gw_end: &End, cl_end: &End) -> VethLab {
+        let lab = VethLab::new(tag, queues, gw_end, cl_end);
+        let cl = &lab.cl;
+        let (v4, v6) = (gw_end.v4, gw_end.v6);
+        ip(&format!("-n {cl} route add {} via {v4}", TEST_ROUTES[0]));
+        ip(&format!("-n {cl} -6 route add {} via {v6}", TEST_ROUTES[1]));
         lab
     }
 
