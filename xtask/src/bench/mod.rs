@@ -7,8 +7,10 @@
 //! Modules: `testbed` (the lab and the load tool), `impls` (what is
 //! measured), `peer` (tun2proxy), `measure` (the measurements), `stats`
 //! (medians, ratios), `report` (table, targets, JSON), `plot` (SVGs),
-//! `soak` (the soak).
+//! `soak` (the soak), `bare` (`--bare`: scaling with cores on a host
+//! without iproute2, dante or cargo).
 
+mod bare;
 mod impls;
 mod measure;
 mod peer;
@@ -93,6 +95,9 @@ pub struct Options {
         "quick", "rounds", "workers", "mtu", "no_peer", "secs", "hold", "cpu_mib", "peer_bin", "report",
     ])]
     pub soak: Option<f64>,
+    /// `--bare`: scaling with cores on a host without iproute2, dante or cargo.
+    #[command(flatten)]
+    pub bare: bare::BareArgs,
 }
 
 /// What a run does, with the defaults filled in.
@@ -154,6 +159,9 @@ impl Plan {
 }
 
 pub fn run(opts: Options) -> Result<()> {
+    if opts.bare.bare || opts.bare.pack.is_some() {
+        return bare::run(&opts);
+    }
     if let Some(dir) = &opts.report {
         return rewrite(dir);
     }
@@ -353,6 +361,7 @@ mod tests {
             peer_bin: None,
             report: None,
             soak: None,
+            bare: Default::default(),
         };
         let p = Plan::new(&o).unwrap();
         assert_eq!(

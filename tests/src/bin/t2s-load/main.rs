@@ -11,6 +11,7 @@
 //! t2s-load udp-rtt   --to ... [--socks5 ...] --secs 5 [--interval-ms 5] [--load-streams 8]
 //! t2s-load conn-rate --to ... [--socks5 ...] --concurrency 64 --secs 5 [--echo-timeout-ms 1000]
 //! t2s-load hold      --to ... [--socks5 ...] --count 10000 [--hold-secs 120]
+//! t2s-load socks-server --listen 0.0.0.0:1080           # SOCKS5 CONNECT, no auth (labs without dante)
 //! ```
 //!
 //! Every client is bounded in time and prints one line of `key=value` fields
@@ -28,6 +29,7 @@
 mod conn;
 mod serve;
 mod socks;
+mod socks_server;
 mod tcp;
 mod udp;
 
@@ -137,12 +139,21 @@ enum Command {
         #[arg(long, default_value_t = 120.0)]
         hold_secs: f64,
     },
+    /// A SOCKS5 server (CONNECT only, no authentication) on each address.
+    SocksServer {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+        /// Runtime threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
 }
 
 fn main() -> ExitCode {
     raise_nofile_limit();
     let result = match Cli::parse().command {
         Command::Serve { listen, threads } => serve::run(&listen, threads),
+        Command::SocksServer { listen, threads } => socks_server::run(&listen, threads),
         Command::Tcp {
             to,
             socks5,
