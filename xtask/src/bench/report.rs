@@ -196,7 +196,13 @@ pub fn table(meta: &Meta, plan: &Plan, variants: &[Variant], results: &Results) 
         meta.duration_s,
         meta.socks_server
     );
-    for &mtu in &plan.mtus {
+    // Host mode caps the MTU (3506), so its variants may have one of
+    // their own: every MTU any variant has gets a section.
+    let mut mtus = plan.mtus.clone();
+    mtus.extend(variants.iter().filter_map(|v| v.mtu));
+    mtus.sort_unstable();
+    mtus.dedup();
+    for mtu in mtus {
         let tunnels: Vec<&Variant> = variants.iter().filter(|v| v.mtu == Some(mtu)).collect();
         let mut columns = vec![&ROUTED, &SOCKS];
         columns.extend(&tunnels);
