@@ -73,6 +73,7 @@ pub fn variant(
         if s.measures(Group::Udp) {
             m.step(run, "UDP idle", |m, run| m.udp(run, false))?;
             m.step(run, "UDP under load", |m, run| m.udp(run, true))?;
+            m.step(run, "UDP small packets per second", |m, run| m.udp_pps(run))?;
         }
         if s.measures(Group::Conn) {
             m.step(run, "connections, sequential", |m, run| m.conn(run, 1))?;
@@ -197,6 +198,27 @@ impl Measurer<'_> {
             self.add(Metric::UdpIdleP50, p50);
             self.add(Metric::UdpIdleP99, p99);
         }
+        Ok(())
+    }
+
+    /// Packets per second with small packets: 64-byte datagrams echoed,
+    /// 4 flows (spread over the workers) with 32 in flight each.
+    fn udp_pps(&mut self, run: &Running) -> Result<()> {
+        let (secs, warmup) = (self.s.secs, self.s.warmup);
+        let args = strings(&[
+            "--flows",
+            "4",
+            "--window",
+            "32",
+            "--size",
+            "64",
+            "--secs",
+            &secs.to_string(),
+            "--warmup",
+            &warmup.to_string(),
+        ]);
+        let f = self.load(run, "pps", "udp-pps", &args, secs + warmup + 30.0)?;
+        self.add(Metric::UdpPps, field(&f, "pps")?);
         Ok(())
     }
 

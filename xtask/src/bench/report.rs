@@ -166,13 +166,14 @@ const SOCKS: Variant = Variant {
 };
 
 /// Metrics the ratio tables show.
-const RATIO_METRICS: [Metric; 8] = [
+const RATIO_METRICS: [Metric; 9] = [
     Metric::TcpUp1,
     Metric::TcpDown1,
     Metric::TcpUp8,
     Metric::TcpDown8,
     Metric::UdpIdleP99,
     Metric::UdpLoadedP99,
+    Metric::UdpPps,
     Metric::ConnSeq,
     Metric::Conn64,
 ];

@@ -22,6 +22,8 @@ pub enum Metric {
     UdpLoadedLoss,
     /// What the 8 downloads moved meanwhile.
     UdpLoadGbit,
+    /// Small datagrams echoed per second (`t2s-load udp-pps`).
+    UdpPps,
     ConnSeq,
     /// Connections that failed (percent of all tried), sequential.
     ConnSeqFailed,
@@ -58,14 +60,14 @@ impl Metric {
         use Metric::*;
         match self {
             TcpUp1 | TcpUp8 | TcpDown1 | TcpDown8 => Group::Tcp,
-            UdpIdleP50 | UdpIdleP99 | UdpLoadedP50 | UdpLoadedP99 | UdpLoadedLoss | UdpLoadGbit => Group::Udp,
+            UdpIdleP50 | UdpIdleP99 | UdpLoadedP50 | UdpLoadedP99 | UdpLoadedLoss | UdpLoadGbit | UdpPps => Group::Udp,
             ConnSeq | ConnSeqFailed | Conn64 | Conn64Failed | Conn64ToolCpu => Group::Conn,
             RssPerConn => Group::Memory,
             CpuPerGb | DanteCpuPerGb => Group::Cpu,
         }
     }
 
-    pub const ALL: [Metric; 18] = [
+    pub const ALL: [Metric; 19] = [
         Metric::TcpUp1,
         Metric::TcpUp8,
         Metric::TcpDown1,
@@ -76,6 +78,7 @@ impl Metric {
         Metric::UdpLoadedP99,
         Metric::UdpLoadedLoss,
         Metric::UdpLoadGbit,
+        Metric::UdpPps,
         Metric::ConnSeq,
         Metric::ConnSeqFailed,
         Metric::Conn64,
@@ -98,6 +101,7 @@ impl Metric {
             Metric::UdpLoadedP99 => "UDP RTT p99, 8 downloads",
             Metric::UdpLoadedLoss => "UDP loss, 8 downloads",
             Metric::UdpLoadGbit => "(8 downloads meanwhile)",
+            Metric::UdpPps => "UDP 64-byte echoes/s, 4 flows × 32 in flight",
             Metric::ConnSeq => "connections/s, sequential",
             Metric::Conn64 => "connections/s, 64 in flight",
             Metric::ConnSeqFailed => "failed connections, sequential",
@@ -115,7 +119,7 @@ impl Metric {
             Metric::UdpIdleP50 | Metric::UdpIdleP99 | Metric::UdpLoadedP50 | Metric::UdpLoadedP99 => "µs",
             Metric::UdpLoadedLoss | Metric::ConnSeqFailed | Metric::Conn64Failed => "%",
             Metric::Conn64ToolCpu => "% of a core",
-            Metric::ConnSeq | Metric::Conn64 => "/s",
+            Metric::ConnSeq | Metric::Conn64 | Metric::UdpPps => "/s",
             Metric::RssPerConn => "bytes",
             Metric::CpuPerGb | Metric::DanteCpuPerGb => "s/GB",
         }

@@ -9,6 +9,7 @@
 //! t2s-load tcp       --to 10.0.2.2:9100 [--socks5 10.0.1.2:1080] --streams 8 --dir down --secs 5 [--warmup 1]
 //! t2s-load tcp       --to ... --streams 1 --dir up --bytes 1GiB      # a fixed transfer
 //! t2s-load udp-rtt   --to ... [--socks5 ...] --secs 5 [--interval-ms 5] [--load-streams 8]
+//! t2s-load udp-pps   --to ... [--socks5 ...] --flows 4 --window 32 --size 64 --secs 5
 //! t2s-load conn-rate --to ... [--socks5 ...] --concurrency 64 --secs 5 [--echo-timeout-ms 1000]
 //! t2s-load hold      --to ... [--socks5 ...] --count 10000 [--hold-secs 120]
 //! t2s-load socks-server --listen 0.0.0.0:1080           # SOCKS5 CONNECT, no auth (labs without dante)
@@ -27,6 +28,7 @@
 //! idle connection). UDP: every datagram is echoed to its sender.
 
 mod conn;
+mod pps;
 mod serve;
 mod socks;
 mod socks_server;
@@ -102,6 +104,26 @@ enum Command {
         load_streams: usize,
         #[arg(long, default_value_t = 1.0)]
         load_warmup: f64,
+    },
+    /// Small-datagram rate: FLOWS sockets (threads), each keeping WINDOW
+    /// datagrams of SIZE bytes in flight to the echo server, for SECS
+    /// seconds after WARMUP; prints `pps=`.
+    UdpPps {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        socks5: Option<SocketAddr>,
+        #[arg(long, default_value_t = 4)]
+        flows: usize,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Payload bytes per datagram (at least 12).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
     },
     /// Connections per second: CONCURRENCY loops of connect, 1-byte echo,
     /// close (the server closes first), for SECS seconds. Failed connections
@@ -189,6 +211,22 @@ fn main() -> ExitCode {
             loss: Duration::from_millis(loss_ms),
             load_streams,
             load_warmup: secs_f64(load_warmup),
+        }),
+        Command::UdpPps {
+            to,
+            socks5,
+            flows,
+            window,
+            size,
+            secs,
+            warmup,
+        } => pps::run(&pps::Plan {
+            path: Path { to, socks5 },
+            flows,
+            window,
+            size,
+            secs: secs_f64(secs),
+            warmup: secs_f64(warmup),
         }),
         Command::ConnRate {
             to,

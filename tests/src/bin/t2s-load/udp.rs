@@ -13,7 +13,7 @@ use crate::tcp::{Dir, Streams};
 use crate::{Path, cpu_seconds, percentile, socks};
 
 const MAGIC: [u8; 4] = *b"T2SL";
-const HEADER_LEN: usize = 12;
+pub const HEADER_LEN: usize = 12;
 
 pub struct Plan {
     pub path: Path,
@@ -77,8 +77,8 @@ pub fn run(plan: &Plan) -> Result<()> {
 }
 
 /// A UDP socket towards the echo server, straight or through a SOCKS5 relay.
-struct Pinger {
-    socket: UdpSocket,
+pub struct Pinger {
+    pub socket: UdpSocket,
     /// The SOCKS5 UDP request header (empty when straight).
     header: Vec<u8>,
     /// Keeps the association alive.
@@ -93,7 +93,7 @@ struct Tally {
 }
 
 impl Pinger {
-    fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: &Path) -> Result<Self> {
         match path.socks5 {
             None => {
                 let any: SocketAddr = match path.to {
@@ -132,15 +132,12 @@ impl Pinger {
             rtts_us: Vec::new(),
         };
         let started = Instant::now();
-        let mut datagram = self.header.clone();
-        let body_at = datagram.len();
-        datagram.resize(body_at + plan.size, 0xAA);
-        datagram[body_at..body_at + 4].copy_from_slice(&MAGIC);
+        let mut datagram = self.datagram(plan.size);
         let mut buf = vec![0; 2048];
         let mut seq: u64 = 0;
         while started.elapsed() < plan.secs {
             seq += 1;
-            datagram[body_at + 4..body_at + 12].copy_from_slice(&seq.to_be_bytes());
+            self.stamp(&mut datagram, seq);
             let sent_at = Instant::now();
             self.socket.send(&datagram).context("sending a datagram")?;
             tally.sent += 1;
@@ -176,7 +173,23 @@ impl Pinger {
         Ok(tally)
     }
 
-    fn seq_of(&self, datagram: &[u8]) -> Option<u64> {
+    /// A datagram of `size` payload bytes (SOCKS5 header first, if any),
+    /// to be numbered with [`Pinger::stamp`].
+    pub fn datagram(&self, size: usize) -> Vec<u8> {
+        let mut datagram = self.header.clone();
+        let body_at = datagram.len();
+        datagram.resize(body_at + size, 0xAA);
+        datagram[body_at..body_at + 4].copy_from_slice(&MAGIC);
+        datagram
+    }
+
+    /// Writes sequence number `seq` into `datagram`.
+    pub fn stamp(&self, datagram: &mut [u8], seq: u64) {
+        let at = self.header.len() + 4;
+        datagram[at..at + 8].copy_from_slice(&seq.to_be_bytes());
+    }
+
+    pub fn seq_of(&self, datagram: &[u8]) -> Option<u64> {
         let body = if self.header.is_empty() {
             datagram
         } else {
