@@ -54,7 +54,11 @@ fn parallel_verified_transfers_over_af_xdp() -> Result<()> {
         let summary = xfer_from(lab, lab.app(), v6, 32, "8MiB", "both", &half_close)?;
         eprintln!("IPv6: {summary}");
 
-        expect_spread_over_workers(&daemon.stop()?, 2, 128)?;
+        let exit = daemon.stop()?;
+        for line in exit.log.lines().filter(|l| l.contains("port counters")) {
+            eprintln!("{line}");
+        }
+        expect_spread_over_workers(&exit, 2, 128)?;
         Ok(())
     })
 }

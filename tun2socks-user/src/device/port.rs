@@ -76,6 +76,16 @@ impl Port {
     pub fn tun(queue: TunQueue) -> Self {
         Port::Tun(TunPort::new(queue))
     }
+
+    /// What the port itself counted (drops below the worker), as
+    /// `key=value` pairs for the log; empty for a TUN queue, whose drops
+    /// the kernel counts on the device.
+    pub fn counters(&self) -> String {
+        match self {
+            Port::Tun(_) => String::new(),
+            Port::Xsk(port) => port.counters(),
+        }
+    }
 }
 
 impl PacketPort for Port {
@@ -271,6 +281,33 @@ impl XskPort {
     /// heard from.
     pub fn unknown_neighbour(&self) -> u64 {
         self.unknown_neighbour.get()
+    }
+
+    /// The socket's counters and the kernel's (`XDP_STATISTICS`: frames it
+    /// dropped because the RX ring was full or the fill ring empty), as
+    /// `key=value` pairs.
+    pub fn counters(&self) -> String {
+        let rx = self.rx.borrow();
+        let tx = self.tx.borrow();
+        let (rs, ts) = (rx.stats(), tx.stats());
+        let mut out = format!(
+            "rx_frames={} tx_frames={} tx_full={} tx_kicks={} rx_wakeups={} dropped_non_ip={} unknown_neighbour={}",
+            rs.rx_frames,
+            ts.tx_frames,
+            ts.tx_full,
+            ts.tx_kicks,
+            rs.rx_wakeups,
+            self.dropped_non_ip.get(),
+            self.unknown_neighbour.get()
+        );
+        match rx.kernel_stats() {
+            Ok(k) => out.push_str(&format!(
+                " kernel_rx_dropped={} kernel_rx_ring_full={} kernel_fill_ring_empty={} kernel_rx_invalid={} kernel_tx_invalid={}",
+                k.rx_dropped, k.rx_ring_full, k.rx_fill_ring_empty_descs, k.rx_invalid_descs, k.tx_invalid_descs
+            )),
+            Err(e) => out.push_str(&format!(" kernel_stats_error={e:?}")),
+        }
+        out
     }
 }
 

@@ -26,7 +26,7 @@ use anyhow::Context as _;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tracing::{debug, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use crate::device::port::{PacketPort, Port};
 use crate::dns::DnsService;
@@ -265,6 +265,10 @@ async fn run(
     );
     shared.stack.borrow_mut().abort_all();
     shared.udp.borrow_mut().clear();
+    let port_counters = shared.port.counters();
+    if !port_counters.is_empty() {
+        info!("port counters worker={} {port_counters}", config.index);
+    }
     // The resets just sent count too.
     Ok(WorkerSnapshot {
         stats: snapshot(&shared).stats,
