@@ -102,11 +102,12 @@ fn init_logging(verbose: u8, quiet: &str) {
     }
 }
 
-/// Socket buffers (256 KiB per direction and connection by default) are
-/// allocated zeroed. glibc raises its mmap threshold each time a large block
-/// is freed, after which such blocks come from the heap and calloc must
-/// clear them, touching every page. A fixed threshold keeps them in fresh
-/// mappings, whose pages cost memory only once data lands in them.
+/// Socket buffers have mappings of their own (`worker/buffers.rs`); other
+/// large blocks (UDP scratch, DNS) still come from malloc. glibc raises its
+/// mmap threshold each time a large block is freed, after which such
+/// blocks come from the heap and calloc must clear them, touching every
+/// page. A fixed threshold keeps them in fresh mappings, whose pages cost
+/// memory only once data lands in them.
 fn keep_large_buffers_lazy() {
     const THRESHOLD: libc::c_int = 128 * 1024;
     // SAFETY: mallopt only changes an allocator tunable; called before any

@@ -241,15 +241,28 @@ pub struct UdpAssociation {
     pub framing: UdpFraming,
 }
 
+/// How long the pipelining probe waits for the proxy's answer. A proxy that
+/// reads pipelined requests answers a UDP ASSOCIATE at once; one that does
+/// not never answers.
+const PROBE_WAIT: Duration = Duration::from_secs(3);
+
 impl Upstream {
     /// Connects to the proxy and asks it for `target`, all within the
     /// connect timeout.
     pub async fn connect(&self, target: &Target) -> Result<TcpStream, UpstreamError> {
+        self.connect_with(target, false).await
+    }
+
+    /// [`Upstream::connect`]; `pipelined` sends the SOCKS5 request without
+    /// waiting for the proxy's method choice (or authentication status),
+    /// one round trip fewer, for a proxy that [`Upstream::probe_pipelining`]
+    /// found to take it. Ignored for other proxy kinds.
+    pub async fn connect_with(&self, target: &Target, pipelined: bool) -> Result<TcpStream, UpstreamError> {
         let attempt = async {
             match self.kind {
                 ProxyKind::Socks5 => {
                     let mut stream = self.connect_proxy().await?;
-                    socks5::connect(&mut stream, target, self.credentials.as_ref())
+                    socks5::connect_with(&mut stream, target, self.credentials.as_ref(), pipelined)
                         .await
                         .map_err(|source| UpstreamError::Handshake {
                             target: target.clone(),
@@ -344,6 +357,35 @@ impl Upstream {
         tokio::time::timeout(self.connect_timeout, attempt)
             .await
             .map_err(|_| UpstreamError::Timeout(self.connect_timeout))?
+    }
+
+    /// Finds out whether a SOCKS5 proxy reads a request that arrives in the
+    /// same segment as the greeting (or the credentials): asks it for a UDP
+    /// association that way (a valid request that makes it connect nowhere)
+    /// and closes it again. `Some(true)`: it answered (any reply code: it
+    /// read the request); `Some(false)`: no answer within [`PROBE_WAIT`] or
+    /// a broken exchange, or not a SOCKS5 proxy; `None`: the proxy could not
+    /// be reached, ask again later.
+    pub async fn probe_pipelining(&self) -> Option<bool> {
+        if self.kind != ProxyKind::Socks5 {
+            return Some(false);
+        }
+        let mut control = tokio::time::timeout(self.connect_timeout, self.connect_proxy())
+            .await
+            .ok()?
+            .ok()?;
+        let from = SocketAddr::new(
+            match self.proxy {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            },
+            0,
+        );
+        let answer = socks5::associate_with(&mut control, from, self.credentials.as_ref(), true);
+        match tokio::time::timeout(PROBE_WAIT, answer).await {
+            Ok(Ok(_) | Err(socks5::Socks5Error::Refused(_))) => Some(true),
+            Ok(Err(_)) | Err(_) => Some(false),
+        }
     }
 
     /// A TCP connection to the proxy itself, marked and with Nagle off.

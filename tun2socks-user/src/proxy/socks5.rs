@@ -133,9 +133,20 @@ pub async fn associate<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    negotiate_method(stream, credentials).await?;
-    send_request(stream, CMD_UDP_ASSOCIATE, &Target::Ip(from)).await?;
-    read_reply(stream).await
+    associate_with(stream, from, credentials, false).await
+}
+
+/// [`associate`], with the request pipelined (see [`connect_with`]).
+pub async fn associate_with<S>(
+    stream: &mut S,
+    from: SocketAddr,
+    credentials: Option<&Credentials>,
+    pipelined: bool,
+) -> Result<Target, Socks5Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    handshake(stream, CMD_UDP_ASSOCIATE, &Target::Ip(from), credentials, pipelined).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -199,64 +210,123 @@ pub async fn connect<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    negotiate_method(stream, credentials).await?;
-    send_request(stream, CMD_CONNECT, target).await?;
-    read_reply(stream).await
+    connect_with(stream, target, credentials, false).await
 }
 
-async fn negotiate_method<S>(stream: &mut S, credentials: Option<&Credentials>) -> Result<(), Socks5Error>
+/// [`connect`]; with `pipelined`, the request does not wait for the answer
+/// before it:
+///
+/// - without credentials we offer only "no authentication", so the request
+///   follows the greeting in the same write (one round trip fewer): a
+///   proxy that refuses the method closes the connection and never reads
+///   the request;
+/// - with credentials we offer both methods, so the request has to wait
+///   for the choice; if the proxy picks username/password, the request
+///   follows the credentials in the same write (RFC 1929: a proxy that
+///   rejects them closes the connection).
+///
+/// RFC 1928 allows it (nothing in it says a message must arrive alone), and
+/// dante takes it, but some servers (microsocks) handle one message per
+/// `recv` and never see a request that arrived with the greeting: the
+/// handshake then hangs. Ask only a proxy known to take it
+/// (`Upstream::probe_pipelining`).
+pub async fn connect_with<S>(
+    stream: &mut S,
+    target: &Target,
+    credentials: Option<&Credentials>,
+    pipelined: bool,
+) -> Result<Target, Socks5Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let greeting: &[u8] = match credentials {
-        Some(_) => &[VERSION, 2, METHOD_NONE, METHOD_USERPASS],
-        None => &[VERSION, 1, METHOD_NONE],
+    handshake(stream, CMD_CONNECT, target, credentials, pipelined).await
+}
+
+/// The longest message we send: a greeting (4), RFC 1929 authentication
+/// (3 + 255 + 255) or a request (4 + 1 + 255 + 2).
+const MAX_MESSAGE: usize = 4 + 3 + 255 + 255;
+
+/// Greeting, method choice, optional authentication, request, reply, in as
+/// few reads as the protocol allows, pipelined or not (see
+/// [`connect_with`]).
+async fn handshake<S>(
+    stream: &mut S,
+    command: u8,
+    target: &Target,
+    credentials: Option<&Credentials>,
+    pipelined: bool,
+) -> Result<Target, Socks5Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut msg = Vec::with_capacity(MAX_MESSAGE);
+    let mut incoming = Incoming::new();
+    let request = |msg: &mut Vec<u8>| -> Result<(), Socks5Error> {
+        msg.extend_from_slice(&[VERSION, command, 0]);
+        encode_target(msg, target)
     };
-    stream.write_all(greeting).await?;
-    let mut choice = [0u8; 2];
-    stream.read_exact(&mut choice).await?;
-    if choice[0] != VERSION {
-        return Err(Socks5Error::BadVersion(choice[0]));
+    match credentials {
+        None => {
+            msg.extend_from_slice(&[VERSION, 1, METHOD_NONE]);
+            if pipelined {
+                request(&mut msg)?;
+            }
+            stream.write_all(&msg).await?;
+            match read_method_choice(stream, &mut incoming, if pipelined { MIN_REPLY } else { 0 }).await? {
+                METHOD_NONE => {}
+                METHOD_UNACCEPTABLE => return Err(Socks5Error::NoAcceptableMethod),
+                other => return Err(Socks5Error::UnexpectedMethod(other)),
+            }
+            if !pipelined {
+                msg.clear();
+                request(&mut msg)?;
+                stream.write_all(&msg).await?;
+            }
+        }
+        Some(creds) => {
+            stream.write_all(&[VERSION, 2, METHOD_NONE, METHOD_USERPASS]).await?;
+            // Whichever method it picks, at least an auth status (2 bytes)
+            // follows once we have written what it asks for.
+            match read_method_choice(stream, &mut incoming, 2).await? {
+                METHOD_NONE => {
+                    request(&mut msg)?;
+                    stream.write_all(&msg).await?;
+                }
+                METHOD_USERPASS => {
+                    encode_credentials(&mut msg, creds)?;
+                    if pipelined {
+                        request(&mut msg)?;
+                    }
+                    stream.write_all(&msg).await?;
+                    let owed = if pipelined { 2 + MIN_REPLY } else { 2 };
+                    let status = incoming.take(stream, 2, owed).await?;
+                    if status[1] != 0 {
+                        return Err(Socks5Error::AuthRejected);
+                    }
+                    if !pipelined {
+                        msg.clear();
+                        request(&mut msg)?;
+                        stream.write_all(&msg).await?;
+                    }
+                }
+                METHOD_UNACCEPTABLE => return Err(Socks5Error::NoAcceptableMethod),
+                other => return Err(Socks5Error::UnexpectedMethod(other)),
+            }
+        }
     }
-    match (choice[1], credentials) {
-        (METHOD_NONE, _) => Ok(()),
-        (METHOD_USERPASS, Some(creds)) => authenticate(stream, creds).await,
-        (METHOD_UNACCEPTABLE, _) => Err(Socks5Error::NoAcceptableMethod),
-        (other, _) => Err(Socks5Error::UnexpectedMethod(other)),
-    }
+    read_reply(stream, &mut incoming).await
 }
 
-async fn authenticate<S>(stream: &mut S, creds: &Credentials) -> Result<(), Socks5Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// Appends an RFC 1929 username/password request.
+fn encode_credentials(out: &mut Vec<u8>, creds: &Credentials) -> Result<(), Socks5Error> {
     let (user, pass) = (creds.username.as_bytes(), creds.password.as_bytes());
     let (Ok(ulen), Ok(plen)) = (u8::try_from(user.len()), u8::try_from(pass.len())) else {
         return Err(Socks5Error::CredentialsTooLong);
     };
-    let mut msg = Vec::with_capacity(3 + user.len() + pass.len());
-    msg.extend_from_slice(&[1, ulen]);
-    msg.extend_from_slice(user);
-    msg.push(plen);
-    msg.extend_from_slice(pass);
-    stream.write_all(&msg).await?;
-    let mut status = [0u8; 2];
-    stream.read_exact(&mut status).await?;
-    if status[1] == 0 {
-        Ok(())
-    } else {
-        Err(Socks5Error::AuthRejected)
-    }
-}
-
-async fn send_request<S>(stream: &mut S, command: u8, target: &Target) -> Result<(), Socks5Error>
-where
-    S: AsyncWrite + Unpin,
-{
-    let mut msg = Vec::with_capacity(4 + 1 + 255 + 2);
-    msg.extend_from_slice(&[VERSION, command, 0]);
-    encode_target(&mut msg, target)?;
-    stream.write_all(&msg).await?;
+    out.extend_from_slice(&[1, ulen]);
+    out.extend_from_slice(user);
+    out.push(plen);
+    out.extend_from_slice(pass);
     Ok(())
 }
 
@@ -285,44 +355,95 @@ pub fn encode_target(out: &mut Vec<u8>, target: &Target) -> Result<(), Socks5Err
     Ok(())
 }
 
-async fn read_reply<S>(stream: &mut S) -> Result<Target, Socks5Error>
-where
-    S: AsyncRead + Unpin,
-{
-    let mut head = [0u8; 4];
-    stream.read_exact(&mut head).await?;
-    if head[0] != VERSION {
-        return Err(Socks5Error::BadVersion(head[0]));
-    }
-    if let Some(code) = ReplyCode::from_byte(head[1]) {
-        return Err(Socks5Error::Refused(code));
-    }
-    read_address(stream, head[3]).await
+/// The shortest reply: head, ATYP 3, a zero-length name, port.
+const MIN_REPLY: usize = 4 + 1 + 2;
+
+/// Reads what the proxy sends during the handshake in as few system calls
+/// as the protocol allows, never past the end of the handshake: each read
+/// asks for at most the bytes that a well-formed exchange still owes (so
+/// relayed data that follows the reply stays in the socket).
+struct Incoming {
+    buf: [u8; 2 + 2 + 4 + 1 + 255 + 2],
+    /// Bytes read so far.
+    len: usize,
+    /// Bytes handed out so far.
+    pos: usize,
 }
 
-async fn read_address<S>(stream: &mut S, atyp: u8) -> Result<Target, Socks5Error>
+impl Incoming {
+    fn new() -> Self {
+        Incoming {
+            buf: [0; 2 + 2 + 4 + 1 + 255 + 2],
+            len: 0,
+            pos: 0,
+        }
+    }
+
+    /// The next `n` bytes. `owed` (at least `n`) is how many bytes a
+    /// well-formed proxy is certain to send from here: reads may take up to
+    /// that many.
+    async fn take<S>(&mut self, stream: &mut S, n: usize, owed: usize) -> io::Result<&[u8]>
+    where
+        S: AsyncRead + Unpin,
+    {
+        debug_assert!(owed >= n);
+        let limit = (self.pos + owed).min(self.buf.len());
+        while self.len < self.pos + n {
+            let read = stream.read(&mut self.buf[self.len..limit]).await?;
+            if read == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.len += read;
+        }
+        let bytes = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(bytes)
+    }
+}
+
+/// Reads the proxy's method choice (checking the version) and returns it.
+/// `then` is how many more bytes the proxy owes whatever it chooses (the
+/// shortest auth status or reply that can follow).
+async fn read_method_choice<S>(stream: &mut S, incoming: &mut Incoming, then: usize) -> Result<u8, Socks5Error>
 where
     S: AsyncRead + Unpin,
 {
+    let choice = incoming.take(stream, 2, 2 + then).await?;
+    if choice[0] != VERSION {
+        return Err(Socks5Error::BadVersion(choice[0]));
+    }
+    Ok(choice[1])
+}
+
+async fn read_reply<S>(stream: &mut S, incoming: &mut Incoming) -> Result<Target, Socks5Error>
+where
+    S: AsyncRead + Unpin,
+{
+    let head = incoming.take(stream, 4, MIN_REPLY).await?;
+    let (version, code, atyp) = (head[0], head[1], head[3]);
+    if version != VERSION {
+        return Err(Socks5Error::BadVersion(version));
+    }
+    if let Some(code) = ReplyCode::from_byte(code) {
+        return Err(Socks5Error::Refused(code));
+    }
+    let left = MIN_REPLY - 4;
     let target = match atyp {
         ATYP_IPV4 => {
-            let mut a = [0u8; 4];
-            stream.read_exact(&mut a).await?;
-            let port = stream.read_u16().await?;
-            Target::Ip(SocketAddr::new(IpAddr::from(a), port))
+            let a = incoming.take(stream, 4 + 2, 4 + 2).await?;
+            let ip: [u8; 4] = a[..4].try_into().expect("4 bytes");
+            Target::Ip(SocketAddr::new(IpAddr::from(ip), u16::from_be_bytes([a[4], a[5]])))
         }
         ATYP_IPV6 => {
-            let mut a = [0u8; 16];
-            stream.read_exact(&mut a).await?;
-            let port = stream.read_u16().await?;
-            Target::Ip(SocketAddr::new(IpAddr::from(a), port))
+            let a = incoming.take(stream, 16 + 2, 16 + 2).await?;
+            let ip: [u8; 16] = a[..16].try_into().expect("16 bytes");
+            Target::Ip(SocketAddr::new(IpAddr::from(ip), u16::from_be_bytes([a[16], a[17]])))
         }
         ATYP_DOMAIN => {
-            let len = stream.read_u8().await? as usize;
-            let mut name = vec![0u8; len];
-            stream.read_exact(&mut name).await?;
-            let port = stream.read_u16().await?;
-            Target::Domain(String::from_utf8_lossy(&name).into_owned(), port)
+            let len = usize::from(incoming.take(stream, 1, left).await?[0]);
+            let a = incoming.take(stream, len + 2, len + 2).await?;
+            let name = String::from_utf8_lossy(&a[..len]).into_owned();
+            Target::Domain(name, u16::from_be_bytes([a[len], a[len + 1]]))
         }
         other => return Err(Socks5Error::BadAddressType(other)),
     };
@@ -341,6 +462,15 @@ mod tests {
         creds: Option<Credentials>,
         script: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Target, Socks5Error> {
+        exchange_with(target, creds, script, false).await
+    }
+
+    async fn exchange_with(
+        target: Target,
+        creds: Option<Credentials>,
+        script: Vec<(Vec<u8>, Vec<u8>)>,
+        pipelined: bool,
+    ) -> Result<Target, Socks5Error> {
         let (mut client, mut server) = duplex(1024);
         let server_task = tokio::spawn(async move {
             for (expect, answer) in script {
@@ -350,7 +480,7 @@ mod tests {
                 server.write_all(&answer).await.unwrap();
             }
         });
-        let result = connect(&mut client, &target, creds.as_ref()).await;
+        let result = connect_with(&mut client, &target, creds.as_ref(), pipelined).await;
         drop(client);
         server_task.await.unwrap();
         result
@@ -378,6 +508,70 @@ mod tests {
             ],
         ));
         assert_eq!(bound.unwrap(), Target::Ip("10.0.2.1:12345".parse().unwrap()));
+    }
+
+    #[test]
+    fn request_follows_the_greeting_without_waiting() {
+        // The server reads greeting and request before it answers anything.
+        let target = Target::Ip("10.0.2.2:80".parse().unwrap());
+        let mut sent = vec![5, 1, 0];
+        sent.extend_from_slice(&[5, 1, 0, 1, 10, 0, 2, 2, 0, 80]);
+        let mut answer = vec![5, 0];
+        answer.extend_from_slice(&[5, 0, 0, 1, 10, 0, 2, 1, 0x30, 0x39]);
+        let bound = rt().block_on(exchange_with(target, None, vec![(sent, answer)], true));
+        assert_eq!(bound.unwrap(), Target::Ip("10.0.2.1:12345".parse().unwrap()));
+    }
+
+    #[test]
+    fn request_follows_the_credentials_without_waiting() {
+        let creds = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let target = Target::Ip("10.0.2.2:80".parse().unwrap());
+        let mut sent = vec![1, 1, b'u', 1, b'p'];
+        sent.extend_from_slice(&[5, 1, 0, 1, 10, 0, 2, 2, 0, 80]);
+        let mut answer = vec![1, 0];
+        answer.extend_from_slice(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let r = rt().block_on(exchange_with(
+            target,
+            Some(creds),
+            vec![(vec![5, 2, 0, 2], vec![5, 2]), (sent, answer)],
+            true,
+        ));
+        assert!(r.is_ok());
+    }
+
+    #[test]
+    fn relayed_data_after_the_reply_stays_in_the_stream() {
+        // Method choice, reply and the first relayed bytes in one piece, for
+        // each address type: the handshake must not read into the data.
+        let mut domain_reply = vec![5, 0, 0, 3, 3];
+        domain_reply.extend_from_slice(b"abc");
+        domain_reply.extend_from_slice(&[0, 1]);
+        let mut v6_reply = vec![5, 0, 0, 4];
+        v6_reply.extend_from_slice(&[0; 18]);
+        let empty_name_reply = vec![5, 0, 0, 3, 0, 0, 1];
+        let replies = [
+            vec![5, 0, 0, 1, 1, 2, 3, 4, 0, 5],
+            domain_reply,
+            v6_reply,
+            empty_name_reply,
+        ];
+        for (reply, pipelined) in replies.iter().flat_map(|r| [(r, false), (r, true)]) {
+            rt().block_on(async {
+                let (mut client, mut server) = duplex(1024);
+                let mut answer = vec![5, 0];
+                answer.extend_from_slice(reply);
+                answer.extend_from_slice(b"DATA");
+                server.write_all(&answer).await.unwrap();
+                let target = Target::Ip("10.0.2.2:80".parse().unwrap());
+                connect_with(&mut client, &target, None, pipelined).await.unwrap();
+                let mut data = [0u8; 4];
+                client.read_exact(&mut data).await.unwrap();
+                assert_eq!(&data, b"DATA", "reply {reply:?}");
+            });
+        }
     }
 
     #[test]
@@ -448,6 +642,38 @@ mod tests {
         // The server hangs up mid-handshake.
         let eof = rt().block_on(exchange(target, None, vec![(vec![5, 1, 0], vec![5])]));
         assert!(matches!(eof, Err(Socks5Error::Io(_))));
+    }
+
+    #[test]
+    fn pipelined_refusals_are_errors() {
+        let target = Target::Ip("10.0.2.2:81".parse().unwrap());
+        let request = vec![5, 1, 0, 1, 10, 0, 2, 2, 0, 81];
+        let mut sent = vec![5, 1, 0];
+        sent.extend_from_slice(&request);
+        let mut answer = vec![5, 0];
+        answer.extend_from_slice(&[5, 2, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let refused = rt().block_on(exchange_with(target.clone(), None, vec![(sent.clone(), answer)], true));
+        assert!(matches!(refused, Err(Socks5Error::Refused(ReplyCode::NotAllowed))));
+        let no_method = rt().block_on(exchange_with(
+            target.clone(),
+            None,
+            vec![(sent.clone(), vec![5, 0xff])],
+            true,
+        ));
+        assert!(matches!(no_method, Err(Socks5Error::NoAcceptableMethod)));
+        let creds = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let mut auth = vec![1, 1, b'u', 1, b'p'];
+        auth.extend_from_slice(&request);
+        let rejected = rt().block_on(exchange_with(
+            target,
+            Some(creds),
+            vec![(vec![5, 2, 0, 2], vec![5, 2]), (auth, vec![1, 1])],
+            true,
+        ));
+        assert!(matches!(rejected, Err(Socks5Error::AuthRejected)));
     }
 
     #[test]

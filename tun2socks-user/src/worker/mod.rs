@@ -6,6 +6,7 @@
 //! lives in a `RefCell` that only this thread's tasks touch.
 
 mod budget;
+mod buffers;
 mod device;
 pub mod dns;
 mod limit_log;
@@ -75,6 +76,21 @@ pub struct Shared {
     /// ([`Shared::flush`]), or leaves that to the next egress pass.
     pub port: Rc<Port>,
     egress: Notify,
+    /// Whether this worker's TCP connections pipeline the SOCKS5 request
+    /// (see [`session::pipelining`]).
+    pub pipelining: Cell<Pipelining>,
+}
+
+/// What a worker knows about the proxy taking pipelined SOCKS5 requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pipelining {
+    /// Not asked yet (or the proxy could not be reached when asked).
+    #[default]
+    Unknown,
+    Probing,
+    Works,
+    /// The proxy does not take it, or it is no SOCKS5 proxy.
+    No,
 }
 
 use stack::{Egress, Ingress, Stack};
@@ -202,6 +218,7 @@ async fn run(
         udp_scratch: RefCell::default(),
         port: port.clone(),
         egress: Notify::new(),
+        pipelining: Cell::default(),
     });
     loop {
         let delay = shared

@@ -10,6 +10,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -17,10 +18,11 @@ use std::time::Instant;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::Shared;
+use super::{Pipelining, Shared};
 use crate::packet::FlowKey;
 use crate::proxy::{Target, reset_on_close};
 
@@ -43,7 +45,11 @@ pub async fn run(shared: Rc<Shared>, key: FlowKey) {
         }
     };
     let started = std::time::Instant::now();
-    let stream = match shared.upstream.connect(&target).await {
+    let pipelined = pipelining(&shared);
+    // Boxed: the handshake's state (buffers, timer) is several times the
+    // relay's, and an unboxed future would keep room for it in the task
+    // for the whole life of the connection.
+    let stream = match Box::pin(shared.upstream.connect_with(&target, pipelined)).await {
         Ok(stream) => {
             shared
                 .stack
@@ -79,6 +85,30 @@ pub async fn run(shared: Rc<Shared>, key: FlowKey) {
     }
     shared.stack.borrow_mut().finish(key, handle);
     shared.want_egress();
+}
+
+/// Whether this connection may pipeline its SOCKS5 request. The first
+/// connection of a worker starts a probe of the proxy in the background;
+/// connections go unpipelined until it says the proxy takes it.
+pub fn pipelining(shared: &Rc<Shared>) -> bool {
+    match shared.pipelining.get() {
+        Pipelining::Works => true,
+        Pipelining::Probing | Pipelining::No => false,
+        Pipelining::Unknown => {
+            shared.pipelining.set(Pipelining::Probing);
+            let shared = shared.clone();
+            tokio::task::spawn_local(async move {
+                let found = shared.upstream.probe_pipelining().await;
+                debug!(?found, "probed the proxy for pipelined SOCKS5 requests");
+                shared.pipelining.set(match found {
+                    Some(true) => Pipelining::Works,
+                    Some(false) => Pipelining::No,
+                    None => Pipelining::Unknown,
+                });
+            });
+            false
+        }
+    }
 }
 
 /// Relays until the session ends, or until nothing moved either way for
@@ -181,19 +211,16 @@ impl Relay {
                 }
                 break;
             }
-            match self.stream.poll_write_ready(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Err(e)) => return Step::Failed(e),
-                Poll::Ready(Ok(())) => {}
-            }
-            let written = socket.recv(|data| match self.stream.try_write(data) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
+            // poll_write, not try_write: a short write shows the socket
+            // full, so the next round waits for readiness without asking.
+            let written = socket.recv(|data| match Pin::new(&mut self.stream).poll_write(cx, data) {
+                Poll::Ready(Ok(n)) => (n, Poll::Ready(Ok(n))),
+                other => (0, other),
             });
             match written {
-                Ok(Ok(_)) => step = Step::Moved,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Ok(Err(e)) => return Step::Failed(e),
+                Ok(Poll::Pending) => break,
+                Ok(Poll::Ready(Ok(_))) => step = Step::Moved,
+                Ok(Poll::Ready(Err(e))) => return Step::Failed(e),
                 Err(_) => break,
             }
         }
@@ -205,25 +232,27 @@ impl Relay {
     fn upstream_to_app(&mut self, cx: &mut Context<'_>, socket: &mut tcp::Socket<'_>) -> Step {
         let mut step = Step::Idle;
         while !self.app_write_shut && socket.can_send() {
-            match self.stream.poll_read_ready(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Err(e)) => return Step::Failed(e),
-                Poll::Ready(Ok(())) => {}
-            }
-            let read = socket.send(|room| match self.stream.try_read(room) {
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
+            // poll_read, not try_read: a read that does not fill the room
+            // shows the socket drained (edge-triggered epoll), so the next
+            // round waits for readiness instead of asking the kernel again
+            // only to hear EAGAIN.
+            let read = socket.send(|room| {
+                let mut buf = ReadBuf::new(room);
+                match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => (buf.filled().len(), Poll::Ready(Ok(buf.filled().len()))),
+                    other => (0, other.map_ok(|()| 0)),
+                }
             });
             match read {
-                Ok(Ok(0)) => {
+                Ok(Poll::Pending) => break,
+                Ok(Poll::Ready(Ok(0))) => {
                     // Upstream EOF: FIN to the application after the data.
                     socket.close();
                     self.app_write_shut = true;
                     step = Step::Moved;
                 }
-                Ok(Ok(_)) => step = Step::Moved,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Ok(Err(e)) => return Step::Failed(e),
+                Ok(Poll::Ready(Ok(_))) => step = Step::Moved,
+                Ok(Poll::Ready(Err(e))) => return Step::Failed(e),
                 Err(_) => break,
             }
         }

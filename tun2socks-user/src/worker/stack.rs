@@ -18,6 +18,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, Ipv4Address, Ipv6Address};
 
 use super::budget::BufferBudget;
+use super::buffers::{BufferPool, Region};
 use super::device::{OnePacket, TxPath};
 use super::limit_log::{Limit, LimitLog};
 use super::recently_closed::RecentlyClosed;
@@ -79,7 +80,13 @@ pub enum Ingress {
 
 pub struct Stack {
     iface: Interface,
-    pub sockets: SocketSet<'static>,
+    // The sockets borrow the mapped buffers below, so they must be dropped
+    // first: fields drop in declaration order.
+    sockets: SocketSet<'static>,
+    /// The mapped buffers (receive, transmit) of each socket that has them;
+    /// they go back to `pool` once the socket has been dropped.
+    regions: HashMap<SocketHandle, [Option<Region>; 2]>,
+    pool: BufferPool,
     flows: HashMap<FlowKey, Flow>,
     /// Sessions that ended; their sockets go once smoltcp has nothing more
     /// to send for them (a final RST or ACK).
@@ -128,6 +135,8 @@ impl Stack {
         Stack {
             iface,
             sockets: SocketSet::new(Vec::new()),
+            regions: HashMap::new(),
+            pool: BufferPool::default(),
             flows: HashMap::new(),
             closing: Vec::new(),
             recently_closed: RecentlyClosed::default(),
@@ -309,15 +318,26 @@ impl Stack {
     /// SYN. Listening and feeding happen back to back, so no other SYN can
     /// reach the listener.
     fn replay_syn(&mut self, key: FlowKey, syn: &mut [u8], rx: usize, tx: usize) -> Option<SocketHandle> {
-        // calloc'd: pages of a large buffer cost memory only once touched.
-        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; rx]), tcp::SocketBuffer::new(vec![0; tx]));
         let endpoint = IpListenEndpoint {
             addr: Some(key.dest.ip().into()),
             port: key.dest.port(),
         };
-        socket.listen(endpoint).ok()?;
-        self.budget.charge(rx + tx);
+        // Pages of a buffer cost memory only once data passes through them.
+        let (rx, tx) = (self.pool.take(rx), self.pool.take(tx));
+        let mut socket = tcp::Socket::new(rx.storage, tx.storage);
+        if socket.listen(endpoint).is_err() {
+            // Port 0. The socket goes before its buffers.
+            drop(socket);
+            for region in [rx.region, tx.region].into_iter().flatten() {
+                self.pool.give(region);
+            }
+            return None;
+        }
+        self.budget.charge(socket.recv_capacity() + socket.send_capacity());
         let handle = self.sockets.add(socket);
+        if rx.region.is_some() || tx.region.is_some() {
+            self.regions.insert(handle, [rx.region, tx.region]);
+        }
         self.feed(syn);
         if self.tcp(handle).state() != tcp::State::SynReceived {
             // smoltcp rejected the SYN (bad checksum, bad options).
@@ -328,12 +348,15 @@ impl Stack {
         Some(handle)
     }
 
-    /// Frees a socket and returns its buffers to the budget.
+    /// Frees a socket and returns its buffers to the budget and the pool.
     fn remove_socket(&mut self, handle: SocketHandle) {
-        let socket = self.sockets.remove(handle);
-        if let smoltcp::socket::Socket::Tcp(tcp) = socket {
-            self.budget.release(tcp.recv_capacity() + tcp.send_capacity());
-        }
+        remove_socket(
+            &mut self.sockets,
+            &mut self.regions,
+            &mut self.pool,
+            &mut self.budget,
+            handle,
+        );
     }
 
     /// Bytes of TCP buffer capacity the sockets hold (and held requests
@@ -413,6 +436,8 @@ impl Stack {
         let flows = &mut self.flows;
         let budget = &mut self.budget;
         let recently_closed = &mut self.recently_closed;
+        let regions = &mut self.regions;
+        let pool = &mut self.pool;
         self.closing.retain(|&(key, handle)| {
             if !matches!(flows.get(&key), Some(Flow::Open(h)) if *h == handle) {
                 return false; // already reaped through another entry
@@ -425,9 +450,7 @@ impl Stack {
                 _ => false,
             };
             if done {
-                let capacity = socket.recv_capacity() + socket.send_capacity();
-                sockets.remove(handle);
-                budget.release(capacity);
+                remove_socket(sockets, regions, pool, budget, handle);
                 flows.remove(&key);
                 recently_closed.insert(key, now);
             }
@@ -479,5 +502,22 @@ impl Stack {
             self.closing.push((key, handle));
         }
         self.egress(usize::MAX);
+    }
+}
+
+/// Drops a socket, then hands its mapped buffers back to the pool (never
+/// before: the socket borrows them) and its capacity back to the budget.
+fn remove_socket(
+    sockets: &mut SocketSet<'static>,
+    regions: &mut HashMap<SocketHandle, [Option<Region>; 2]>,
+    pool: &mut BufferPool,
+    budget: &mut BufferBudget,
+    handle: SocketHandle,
+) {
+    if let smoltcp::socket::Socket::Tcp(tcp) = sockets.remove(handle) {
+        budget.release(tcp.recv_capacity() + tcp.send_capacity());
+    }
+    for region in regions.remove(&handle).into_iter().flatten().flatten() {
+        pool.give(region);
     }
 }
