@@ -85,15 +85,23 @@ pub fn find_socket(dir: &Path, netns: Option<&str>, device: Option<&str>) -> any
         .filter(|(dev, _)| device.is_none_or(|want| want == dev))
         .collect();
     found.sort();
-    if found.len() > 1 {
-        // Sockets left by killed instances refuse connections: skip them.
-        found.retain(|(_, path)| UnixStream::connect(path).is_ok());
-    }
+    // Sockets left by killed instances refuse connections: skip them. (A
+    // namespace's inode may also be reused by a later namespace, whose
+    // name prefix then matches a dead one's leftovers.)
+    let before = found.len();
+    found.retain(
+        |(_, path)| !matches!(UnixStream::connect(path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused),
+    );
+    let stale = before - found.len();
+    let stale_note = match stale {
+        0 => String::new(),
+        n => format!("; {n} stale socket file(s) of killed instances ignored"),
+    };
     match found.len() {
         0 => match device {
-            Some(dev) => bail!("no tun2socks with device {dev} is running in {where_}"),
+            Some(dev) => bail!("no tun2socks with device {dev} is running in {where_}{stale_note}"),
             None => bail!(
-                "no tun2socks is running in {where_} (no {}/{prefix}*.sock)",
+                "no tun2socks is running in {where_} (no live {}/{prefix}*.sock{stale_note})",
                 dir.display()
             ),
         },
@@ -263,7 +271,7 @@ mod tests {
         let err = find_socket(&dir, None, None).unwrap_err().to_string();
         assert!(err.contains("no tun2socks is running"), "{err}");
         let socket = |name: &str| dir.join(format!("{inode}-{name}.sock"));
-        let _a = std::os::unix::net::UnixListener::bind(socket("a0")).unwrap();
+        let a = std::os::unix::net::UnixListener::bind(socket("a0")).unwrap();
         assert_eq!(find_socket(&dir, None, None).unwrap(), socket("a0"));
         let b = std::os::unix::net::UnixListener::bind(socket("b0")).unwrap();
         fs::write(dir.join(format!("{}-c0.sock", inode + 1)), "").unwrap();
@@ -273,6 +281,13 @@ mod tests {
         // Nobody listens on a stale socket: it does not count when there is a choice.
         drop(b);
         assert_eq!(find_socket(&dir, None, None).unwrap(), socket("a0"));
+        // Nor when it is the only one left: nothing is running.
+        drop(a);
+        let err = find_socket(&dir, None, None).unwrap_err().to_string();
+        assert!(
+            err.contains("no tun2socks is running") && err.contains("2 stale socket file(s)"),
+            "{err}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }
