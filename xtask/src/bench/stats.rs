@@ -172,7 +172,7 @@ pub struct Results {
 }
 
 /// Median and range over rounds.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Summary {
     pub median: f64,
     pub min: f64,

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::super::stats::Summary;
 use super::{BarePlan, BareResults, Dir, Quantity, Variant};
 
 #[derive(Serialize)]
@@ -77,42 +78,12 @@ fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
-/// Median, min, max.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Summary {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub n: usize,
-}
-
-impl Summary {
-    pub fn of(values: &[f64]) -> Option<Summary> {
-        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Summary {
-            median,
-            min: v[0],
-            max: v[n - 1],
-            n,
-        })
-    }
-
-    fn show(&self) -> String {
-        if self.n == 1 || self.min == self.max {
-            format!("{:.2}", self.median)
-        } else {
-            format!("{:.2} ({:.2}–{:.2})", self.median, self.min, self.max)
-        }
+/// "median (min–max)", or the one value.
+fn show(s: &Summary) -> String {
+    if s.n == 1 || s.min == s.max {
+        format!("{:.2}", s.median)
+    } else {
+        format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max)
     }
 }
 
@@ -166,7 +137,7 @@ fn table(plan: &BarePlan, r: &BareResults, meta: &Meta) -> String {
         for (dir, streams) in plan.tcp_runs() {
             let cells: Vec<String> = variants
                 .iter()
-                .map(|&v| summary(r, v, dir, streams, q).map_or("—".into(), |s| s.show()))
+                .map(|&v| summary(r, v, dir, streams, q).map_or("—".into(), |s| show(&s)))
                 .collect();
             if cells.iter().all(|c| c == "—") {
                 continue;
@@ -248,6 +219,6 @@ mod tests {
         assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
         assert_eq!(Summary::of(&[1.0, 4.0]).unwrap().median, 2.5);
         assert_eq!(Summary::of(&[]), None);
-        assert_eq!(s.show(), "2.00 (1.00–3.00)");
+        assert_eq!(show(&s), "2.00 (1.00–3.00)");
     }
 }
