@@ -15,6 +15,7 @@ pub mod session;
 pub mod stack;
 pub mod stats;
 pub mod udp;
+mod udp_lane;
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -71,6 +72,8 @@ pub struct Shared {
     pub dns_in_flight: Cell<usize>,
     /// Buffers for relayed UDP datagrams, shared by the worker's sessions.
     pub udp_scratch: RefCell<udp::UdpScratch>,
+    /// Relay sockets whose replies go before bulk TCP work.
+    pub udp_lane: udp_lane::UdpLane,
     /// The worker's port, for packets built outside smoltcp (UDP replies,
     /// DNS answers); whoever sends through it flushes it after its batch
     /// ([`Shared::flush`]), or leaves that to the next egress pass.
@@ -216,6 +219,7 @@ async fn run(
         dns_stats: RefCell::default(),
         dns_in_flight: Cell::new(0),
         udp_scratch: RefCell::default(),
+        udp_lane: udp_lane::UdpLane::new().context("creating the worker's UDP lane")?,
         port: port.clone(),
         egress: Notify::new(),
         pipelining: Cell::default(),
@@ -258,6 +262,7 @@ async fn run(
             () = shared.egress.notified() => {}
             () = tokio::time::sleep(delay) => {}
         }
+        serve_udp_lane(&shared);
         let egress = {
             let mut stack = shared.stack.borrow_mut();
             let egress = stack.egress(EGRESS_BUDGET);
@@ -266,6 +271,7 @@ async fn run(
             }
             egress
         };
+        serve_udp_lane(&shared);
         if egress == Egress::BudgetSpent {
             // Come back for the rest, after the runtime has polled its I/O
             // driver and run whatever became ready (yield_now defers the
@@ -291,6 +297,15 @@ async fn run(
         stats: snapshot(&shared).stats,
         ..last
     })
+}
+
+/// Delivers the UDP replies waiting in the lane (see [`udp_lane`]). A relay
+/// socket that fails is left to its session's task, which sees the same
+/// error and ends the session.
+fn serve_udp_lane(shared: &Shared) {
+    for member in shared.udp_lane.ready() {
+        udp::receive_now(shared, &member.socket, member.client, member.framing);
+    }
 }
 
 fn snapshot(shared: &Shared) -> WorkerSnapshot {

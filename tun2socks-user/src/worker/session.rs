@@ -23,6 +23,12 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{Pipelining, Shared};
+
+/// Bytes one direction of a relay moves per poll before the session lets
+/// the worker's other tasks run (it wakes itself to go on). Without a bound,
+/// a session whose window just opened copies megabytes in one poll, and a
+/// UDP reply or a new connection waits behind it.
+const RELAY_BUDGET: usize = 128 * 1024;
 use crate::packet::FlowKey;
 use crate::proxy::{Target, reset_on_close};
 
@@ -159,6 +165,8 @@ struct Relay {
 enum Step {
     Idle,
     Moved,
+    /// Moved [`RELAY_BUDGET`] bytes and may have more.
+    BudgetSpent,
     Failed(io::Error),
 }
 
@@ -168,7 +176,11 @@ impl Relay {
         let socket = stack.tcp(self.handle);
         let up = self.app_to_upstream(cx, socket);
         let down = self.upstream_to_app(cx, socket);
-        let moved = matches!(up, Step::Moved) || matches!(down, Step::Moved);
+        if matches!(up, Step::BudgetSpent) || matches!(down, Step::BudgetSpent) {
+            // Back of the queue: the rest after the others had their turn.
+            cx.waker().wake_by_ref();
+        }
+        let moved = !matches!(up, Step::Idle) || !matches!(down, Step::Idle);
         if moved {
             self.last_activity = Instant::now();
         }
@@ -201,7 +213,11 @@ impl Relay {
     /// upstream socket, as far as the upstream takes it.
     fn app_to_upstream(&mut self, cx: &mut Context<'_>, socket: &mut tcp::Socket<'_>) -> Step {
         let mut step = Step::Idle;
+        let mut moved = 0;
         while !self.upstream_write_shut {
+            if moved >= RELAY_BUDGET {
+                return Step::BudgetSpent;
+            }
             if !socket.can_recv() {
                 if app_sent_fin(socket.state()) {
                     // The application half-closed: pass the FIN on.
@@ -213,13 +229,20 @@ impl Relay {
             }
             // poll_write, not try_write: a short write shows the socket
             // full, so the next round waits for readiness without asking.
-            let written = socket.recv(|data| match Pin::new(&mut self.stream).poll_write(cx, data) {
-                Poll::Ready(Ok(n)) => (n, Poll::Ready(Ok(n))),
-                other => (0, other),
-            });
+            let chunk = RELAY_BUDGET - moved;
+            let written =
+                socket.recv(
+                    |data| match Pin::new(&mut self.stream).poll_write(cx, &data[..data.len().min(chunk)]) {
+                        Poll::Ready(Ok(n)) => (n, Poll::Ready(Ok(n))),
+                        other => (0, other),
+                    },
+                );
             match written {
                 Ok(Poll::Pending) => break,
-                Ok(Poll::Ready(Ok(_))) => step = Step::Moved,
+                Ok(Poll::Ready(Ok(n))) => {
+                    moved += n;
+                    step = Step::Moved;
+                }
                 Ok(Poll::Ready(Err(e))) => return Step::Failed(e),
                 Err(_) => break,
             }
@@ -231,13 +254,19 @@ impl Relay {
     /// send buffer, as far as it has room.
     fn upstream_to_app(&mut self, cx: &mut Context<'_>, socket: &mut tcp::Socket<'_>) -> Step {
         let mut step = Step::Idle;
+        let mut moved = 0;
         while !self.app_write_shut && socket.can_send() {
+            if moved >= RELAY_BUDGET {
+                return Step::BudgetSpent;
+            }
             // poll_read, not try_read: a read that does not fill the room
             // shows the socket drained (edge-triggered epoll), so the next
             // round waits for readiness instead of asking the kernel again
             // only to hear EAGAIN.
+            let chunk = RELAY_BUDGET - moved;
             let read = socket.send(|room| {
-                let mut buf = ReadBuf::new(room);
+                let len = room.len().min(chunk);
+                let mut buf = ReadBuf::new(&mut room[..len]);
                 match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
                     Poll::Ready(Ok(())) => (buf.filled().len(), Poll::Ready(Ok(buf.filled().len()))),
                     other => (0, other.map_ok(|()| 0)),
@@ -251,7 +280,10 @@ impl Relay {
                     self.app_write_shut = true;
                     step = Step::Moved;
                 }
-                Ok(Poll::Ready(Ok(_))) => step = Step::Moved,
+                Ok(Poll::Ready(Ok(n))) => {
+                    moved += n;
+                    step = Step::Moved;
+                }
                 Ok(Poll::Ready(Err(e))) => return Step::Failed(e),
                 Err(_) => break,
             }

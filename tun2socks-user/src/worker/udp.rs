@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::limit_log::{Limit, LimitLog};
+use super::udp_lane::{self, LaneGuard, Member};
 use super::{Shared, dns};
 use crate::device::port::PacketPort;
 use crate::dns::service::DNS_PORT;
@@ -355,6 +356,19 @@ async fn run(shared: Rc<Shared>, client: SocketAddr, id: u64, mut cancelled: one
     if !shared.udp.borrow_mut().ready(client, id, socket.clone(), framing) {
         return;
     }
+    let member = Member {
+        socket: socket.clone(),
+        client,
+        framing,
+    };
+    if let Err(error) = shared.udp_lane.join(id, member) {
+        // Replies still arrive through this task, only without priority.
+        debug!(%client, %error, "cannot add the relay socket to the UDP lane");
+    }
+    let _in_lane = LaneGuard {
+        lane: &shared.udp_lane,
+        id,
+    };
     let shortest = shared.udp.borrow().config.idle_timeout.min(DNS_IDLE_TIMEOUT);
     let mut tick = tokio::time::interval((shortest / 4).max(Duration::from_millis(250)));
     let mut control_byte = [0u8; 1];
@@ -384,10 +398,27 @@ async fn run(shared: Rc<Shared>, client: SocketAddr, id: u64, mut cancelled: one
 }
 
 /// Delivers what the relay socket holds, up to a batch, then flushes the
-/// port. The buffers are the
-/// worker's (one datagram is read and written out before the next), so an
-/// idle session holds none.
+/// port. The buffers are the worker's (one datagram is read and written out
+/// before the next), so an idle session holds none. For the session's task,
+/// which the runtime woke: reads through the runtime, which clears the
+/// socket's readiness once it is drained.
 fn receive(shared: &Shared, socket: &UdpSocket, client: SocketAddr, framing: UdpFraming) -> std::io::Result<()> {
+    receive_with(shared, client, framing, |buf| socket.try_recv_from(buf))
+}
+
+/// [`receive`] for the UDP lane, which saw the datagram before the runtime
+/// did: reads the socket directly, since the runtime would answer
+/// `WouldBlock` for a socket it has not seen ready yet.
+pub(super) fn receive_now(shared: &Shared, socket: &UdpSocket, client: SocketAddr, framing: UdpFraming) {
+    let _ = receive_with(shared, client, framing, |buf| udp_lane::recv_from_now(socket, buf));
+}
+
+fn receive_with(
+    shared: &Shared,
+    client: SocketAddr,
+    framing: UdpFraming,
+    mut recv: impl FnMut(&mut [u8]) -> std::io::Result<(usize, SocketAddr)>,
+) -> std::io::Result<()> {
     let mut scratch = shared.udp_scratch.borrow_mut();
     let UdpScratch { datagram, packet } = &mut *scratch;
     if datagram.len() < RECV_BUFFER {
@@ -395,7 +426,7 @@ fn receive(shared: &Shared, socket: &UdpSocket, client: SocketAddr, framing: Udp
     }
     let mut result = Ok(());
     for _ in 0..RECV_BATCH {
-        match socket.try_recv_from(datagram) {
+        match recv(datagram) {
             Ok((n, from)) => deliver(shared, client, framing, from, &datagram[..n], packet),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => {
