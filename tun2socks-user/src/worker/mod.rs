@@ -74,6 +74,9 @@ pub struct Shared {
     pub udp_scratch: RefCell<udp::UdpScratch>,
     /// Relay sockets whose replies go before bulk TCP work.
     pub udp_lane: udp_lane::UdpLane,
+    /// A relay moved its whole budget in a poll since the worker loop last
+    /// looked (bulk TCP is running).
+    pub relay_budget_spent: Cell<bool>,
     /// The worker's port, for packets built outside smoltcp (UDP replies,
     /// DNS answers); whoever sends through it flushes it after its batch
     /// ([`Shared::flush`]), or leaves that to the next egress pass.
@@ -220,10 +223,12 @@ async fn run(
         dns_in_flight: Cell::new(0),
         udp_scratch: RefCell::default(),
         udp_lane: udp_lane::UdpLane::new().context("creating the worker's UDP lane")?,
+        relay_budget_spent: Cell::new(false),
         port: port.clone(),
         egress: Notify::new(),
         pipelining: Cell::default(),
     });
+    let mut bulk = false;
     loop {
         let delay = shared
             .stack
@@ -262,7 +267,9 @@ async fn run(
             () = shared.egress.notified() => {}
             () = tokio::time::sleep(delay) => {}
         }
-        serve_udp_lane(&shared);
+        if bulk {
+            serve_udp_lane(&shared);
+        }
         let egress = {
             let mut stack = shared.stack.borrow_mut();
             let egress = stack.egress(EGRESS_BUDGET);
@@ -271,8 +278,12 @@ async fn run(
             }
             egress
         };
-        serve_udp_lane(&shared);
-        if egress == Egress::BudgetSpent {
+        // Bulk TCP (egress, or a relay) had more than one chunk to move:
+        // UDP replies go first. Without bulk work the session tasks deliver
+        // them as they come, and the lane would only cost a syscall a round.
+        bulk = egress == Egress::BudgetSpent || shared.relay_budget_spent.replace(false);
+        if bulk {
+            serve_udp_lane(&shared);
             // Come back for the rest, after the runtime has polled its I/O
             // driver and run whatever became ready (yield_now defers the
             // wake-up until then).

@@ -179,6 +179,7 @@ impl Relay {
         if matches!(up, Step::BudgetSpent) || matches!(down, Step::BudgetSpent) {
             // Back of the queue: the rest after the others had their turn.
             cx.waker().wake_by_ref();
+            shared.relay_budget_spent.set(true);
         }
         let moved = !matches!(up, Step::Idle) || !matches!(down, Step::Idle);
         if moved {
