@@ -175,3 +175,43 @@ fn auto_picks_host_mode_at_small_mtus_and_tun_above() -> Result<()> {
         Ok(())
     })
 }
+
+/// `--device auto` picks TUN where host mode cannot start: here its veth
+/// pair cannot be made because an interface already has the peer's name.
+/// The daemon says why, serves through TUN, and leaves the interface it did
+/// not make alone.
+#[test]
+fn auto_picks_tun_when_host_mode_cannot_make_its_veth_pair() -> Result<()> {
+    in_lab(|lab| {
+        lab.start_dante()?;
+        lab.start_http()?;
+        lab.app()
+            .ip(&["link", "add", "tun2socks0x", "type", "veth", "peer", "name", "blocker0"])?;
+        let daemon = Daemon::start(lab, &dante_url(false), &["--mtu", "1500"])?;
+        let log = daemon.log();
+        ensure!(
+            log.contains("--device auto device=tun://tun2socks0")
+                && log.contains("name host mode needs for its veth peer"),
+            "no choice of TUN logged:\n{log}"
+        );
+        ensure!(
+            log.contains("ready device=tun://tun2socks0"),
+            "not serving through TUN:\n{log}"
+        );
+        let link = lab.app().ip(&["-d", "link", "show", "tun2socks0"])?;
+        ensure!(link.contains("tun type tun"), "tun2socks0 is not a TUN device:\n{link}");
+        expect_hello(lab, false)?;
+        expect_hello(lab, true)?;
+        expect_clean_exit(&daemon.stop()?, None)?;
+        let links = lab.app().ip(&["-o", "link", "show"])?;
+        ensure!(
+            links.contains("tun2socks0x"),
+            "the interface tun2socks0 did not make is gone:\n{links}"
+        );
+        ensure!(
+            !links.contains("tun2socks0:"),
+            "the TUN device outlived the daemon:\n{links}"
+        );
+        Ok(())
+    })
+}

@@ -328,6 +328,7 @@ async fn choose_device(cli: &Cli) -> anyhow::Result<DeviceSpec> {
     let existing = setup::inspect_device(&spec.name)
         .await
         .context("inspecting the device")?;
+    let host_peer = format!("{}x", spec.name);
     let (kind, why) = if cli.no_setup {
         (
             DeviceKind::Tun,
@@ -339,6 +340,16 @@ async fn choose_device(cli: &Cli) -> anyhow::Result<DeviceSpec> {
         (
             DeviceKind::Tun,
             "the MTU is above what host mode carries, and TUN with the larger MTU measured faster",
+        )
+    } else if !matches!(
+        setup::inspect_device(&host_peer)
+            .await
+            .context("inspecting the device")?,
+        ExistingDevice::Absent
+    ) {
+        (
+            DeviceKind::Tun,
+            "an interface has the name host mode needs for its veth peer (the device's name with an x appended)",
         )
     } else {
         (
