@@ -164,6 +164,8 @@ enum Opened {
         /// setup is undone, even after the workers closed their queues.
         keepalive: OwnedFd,
         steering: Option<Steering>,
+        /// Opened with `--tun-offload on`.
+        offload: bool,
     },
     Host(Box<HostDevice>),
     Router(RouterDevice),
@@ -208,7 +210,7 @@ impl Opened {
     }
 
     fn open_tun(cli: &Cli) -> anyhow::Result<Opened> {
-        let queues = tun::open_queues(&cli.device.name, cli.workers()).map_err(explain_tun_error)?;
+        let queues = tun::open_queues(&cli.device.name, cli.workers(), cli.tun_offload).map_err(explain_tun_error)?;
         let keepalive = queues[0]
             .as_fd()
             .try_clone_to_owned()
@@ -225,6 +227,7 @@ impl Opened {
             queues,
             keepalive,
             steering,
+            offload: cli.tun_offload,
         })
     }
 
@@ -253,7 +256,14 @@ impl Opened {
     /// Closes the device; false when something it made could not be removed.
     async fn close(self) -> bool {
         match self {
-            Opened::Tun { keepalive, .. } => {
+            Opened::Tun { keepalive, offload, .. } => {
+                // An adopted (persistent) device outlives us: leave it
+                // without the offloads we turned on, which a later reader
+                // without virtio-net headers could not handle. (A device we
+                // created goes with the fd; this is then harmless.)
+                if offload && let Err(e) = tun::clear_offload(keepalive.as_fd()) {
+                    warn!(error = %e, "turning TUN offload off again");
+                }
                 drop(keepalive);
                 true
             }
@@ -408,7 +418,7 @@ fn explain_tun_error(e: TunError) -> anyhow::Error {
         TunError::OpenControl(io) | TunError::SetIff { source: io, .. } => {
             io.raw_os_error() == Some(libc::EPERM) || io.raw_os_error() == Some(libc::EACCES)
         }
-        TunError::BadName(_) => false,
+        TunError::BadName(_) | TunError::Offload { .. } => false,
     };
     if denied {
         anyhow::Error::new(e)

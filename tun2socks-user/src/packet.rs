@@ -109,6 +109,38 @@ fn classify_v6(p: &[u8]) -> Classified {
     transport(p[6], addr(8), addr(24), &p[40..40 + payload_len], 40)
 }
 
+/// The MSS option of a TCP segment (in practice a SYN): `None` when the
+/// packet is not TCP or the option is absent or malformed.
+pub fn tcp_mss_option(p: &[u8]) -> Option<u16> {
+    let (proto, l4) = match p.first()? >> 4 {
+        4 => (*p.get(9)?, usize::from(p[0] & 0x0f) * 4),
+        6 => (*p.get(6)?, 40),
+        _ => return None,
+    };
+    if proto != PROTO_TCP {
+        return None;
+    }
+    let header = usize::from(p.get(l4 + 12)? >> 4) * 4;
+    let mut options = p.get(l4 + 20..l4 + header)?;
+    while let [kind, rest @ ..] = options {
+        match kind {
+            0 => return None, // end of options
+            1 => options = rest,
+            _ => {
+                let len = usize::from(*rest.first()?);
+                if len < 2 || len > options.len() {
+                    return None;
+                }
+                if *kind == 2 && len == 4 {
+                    return Some(u16::from_be_bytes([options[2], options[3]]));
+                }
+                options = &options[len..];
+            }
+        }
+    }
+    None
+}
+
 /// `l4` is the transport segment, which starts at `l4_offset` in the packet.
 fn transport(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8], l4_offset: usize) -> Classified {
     let min_len = match proto {
@@ -153,6 +185,23 @@ mod tests {
         ];
         p.truncate(40);
         p
+    }
+
+    #[test]
+    fn finds_the_mss_option_after_others() {
+        assert_eq!(tcp_mss_option(&syn_v4()), None);
+        // NOP, NOP, window scale 7, MSS 8960: a 52-byte SYN.
+        let mut p = syn_v4();
+        p[3] = 52;
+        p[32] = 0x80;
+        p.extend_from_slice(&[1, 1, 3, 3, 7, 2, 4, 0x23, 0x00, 1, 1, 0]);
+        assert_eq!(tcp_mss_option(&p), Some(8960));
+        // A length that runs past the header is no option.
+        let mut bad = p.clone();
+        bad[43] = 20;
+        assert_eq!(tcp_mss_option(&bad), None);
+        p[9] = PROTO_UDP;
+        assert_eq!(tcp_mss_option(&p), None);
     }
 
     #[test]

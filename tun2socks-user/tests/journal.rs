@@ -48,7 +48,7 @@ fn settled_snapshot() -> String {
 /// switch to `addrgenmode random` waits for a carrier, i.e. an open queue).
 fn adopted_tun() {
     ip(&format!("tuntap add mode tun multi_queue name {TUN}"));
-    let queue = open_queues(TUN, 1).unwrap();
+    let queue = open_queues(TUN, 1, false).unwrap();
     ip(&format!("link set {TUN} up"));
     ip(&format!("link set {TUN} down"));
     drop(queue);
@@ -176,7 +176,7 @@ fn crash_child() {
     }
     runtime.block_on(async {
         let created = setup::inspect_device(TUN).await.unwrap() == ExistingDevice::Absent;
-        let queues = open_queues(TUN, 2).unwrap();
+        let queues = open_queues(TUN, 2, false).unwrap();
         let mut journal = Journal::create(&dir, TUN, created).unwrap();
         let mut recorder = StopAfter {
             journal: &mut journal,
@@ -351,7 +351,7 @@ fn the_journal_lists_the_changes_in_order_and_is_always_a_complete_document() {
             }
         });
 
-        let queues = open_queues(TUN, 2).unwrap();
+        let queues = open_queues(TUN, 2, false).unwrap();
         let mut journal = Journal::create(&dir.0, TUN, false).unwrap();
         assert_eq!(journal.path(), path);
         let mut checked = CheckedJournal {
@@ -555,7 +555,7 @@ fn recorded_changes_that_were_never_made_are_tolerated_on_any_device() {
 
         // An adopted device that is still there: every kind is reverted
         // against it, and the never-made ones are "already gone".
-        let queues = open_queues(TUN, 1).unwrap();
+        let queues = open_queues(TUN, 1, false).unwrap();
         let mut journal = Journal::create(&dir.0, TUN, false).unwrap();
         let applied = setup::apply_with(&full_plan(TUN), &mut journal).await.unwrap();
         std::mem::forget(applied);
@@ -574,7 +574,7 @@ fn recorded_changes_that_were_never_made_are_tolerated_on_any_device() {
         // kind, recorded or made, have nothing left to revert.
         ip(&format!("tuntap del mode tun multi_queue name {TUN}"));
         let before = snapshot();
-        let queues = open_queues(TUN, 1).unwrap();
+        let queues = open_queues(TUN, 1, false).unwrap();
         let mut journal = Journal::create(&dir.0, TUN, true).unwrap();
         let applied = setup::apply_with(&full_plan(TUN), &mut journal).await.unwrap();
         std::mem::forget(applied);
@@ -605,7 +605,7 @@ fn a_new_device_of_the_same_name_is_not_touched() {
         wait_until_absent(TUN).await;
         // A plain restart made the device again (another index) and set it
         // up its own way before the old journal was recovered.
-        let _queues = open_queues(TUN, 1).unwrap();
+        let _queues = open_queues(TUN, 1, false).unwrap();
         ip(&format!("link set {TUN} mtu 1300 up"));
         ip(&format!("addr add 198.18.0.1/30 dev {TUN}"));
         ip(&format!("route add 10.99.0.0/16 dev {TUN}"));
@@ -631,7 +631,7 @@ fn a_running_owners_journal_is_left_alone_and_its_device_refused() {
     in_private_netns(|| async {
         lan();
         let dir = TempDir::new();
-        let _queues = open_queues(TUN, 1).unwrap();
+        let _queues = open_queues(TUN, 1, false).unwrap();
         let mut journal = Journal::create(&dir.0, TUN, true).unwrap();
         let applied = setup::apply_with(&full_plan(TUN), &mut journal).await.unwrap();
         let configured = settled_snapshot();
@@ -713,7 +713,7 @@ fn a_journal_of_a_vanished_namespace_or_another_boot_is_discarded_untouched() {
     in_private_netns(|| async {
         lan();
         let dir = TempDir::new();
-        let _queues = open_queues(TUN, 1).unwrap();
+        let _queues = open_queues(TUN, 1, false).unwrap();
         let mut journal = Journal::create(&dir.0, TUN, true).unwrap();
         let applied = setup::apply_with(&full_plan(TUN), &mut journal).await.unwrap();
         let configured = settled_snapshot();

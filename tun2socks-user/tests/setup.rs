@@ -47,7 +47,7 @@ fn route_dev(addr: &str, mark: Option<u32>) -> String {
 fn routes_unmarked_traffic_into_the_device_and_marked_traffic_around_it() {
     in_private_netns(|| async {
         lan();
-        let _queues = open_queues(TUN, 2).unwrap();
+        let _queues = open_queues(TUN, 2, false).unwrap();
         let applied = setup::apply(&full_plan(TUN)).await.unwrap();
 
         let into_tun = |addr| assert_eq!(route_dev(addr, None), TUN, "unmarked {addr}");
@@ -96,7 +96,7 @@ fn routes_unmarked_traffic_into_the_device_and_marked_traffic_around_it() {
 fn specific_routes_of_one_family_add_two_rules_and_nothing_for_the_other() {
     in_private_netns(|| async {
         lan();
-        let _queues = open_queues(TUN, 1).unwrap();
+        let _queues = open_queues(TUN, 1, false).unwrap();
         let before_v6_rules = ip("-6 rule");
         let plan = SetupPlan {
             routes: nets(&["10.20.0.0/16"]),
@@ -119,7 +119,7 @@ fn specific_routes_of_one_family_add_two_rules_and_nothing_for_the_other() {
 fn undo_restores_everything_while_the_device_still_exists() {
     in_private_netns(|| async {
         lan();
-        let _queues = open_queues(TUN, 2).unwrap();
+        let _queues = open_queues(TUN, 2, false).unwrap();
         first_up_done(TUN);
         let before = snapshot();
         let applied = setup::apply(&full_plan(TUN)).await.unwrap();
@@ -134,7 +134,7 @@ fn undo_restores_everything_after_the_device_went_away() {
     in_private_netns(|| async {
         lan();
         let before = snapshot();
-        let queues = open_queues(TUN, 2).unwrap();
+        let queues = open_queues(TUN, 2, false).unwrap();
         let applied = setup::apply(&full_plan(TUN)).await.unwrap();
         drop(queues);
         wait_until_absent(TUN).await;
@@ -147,7 +147,7 @@ fn undo_restores_everything_after_the_device_went_away() {
 fn failing_midway_at_a_route_rolls_back() {
     in_private_netns(|| async {
         lan();
-        let _queues = open_queues(TUN, 2).unwrap();
+        let _queues = open_queues(TUN, 2, false).unwrap();
         first_up_done(TUN);
         // Someone else's route where our bypass route goes.
         ip("route add throw 10.20.9.0/24 table 100");
@@ -163,7 +163,7 @@ fn failing_midway_at_a_route_rolls_back() {
 fn failing_at_the_last_rule_rolls_back() {
     in_private_netns(|| async {
         lan();
-        let _queues = open_queues(TUN, 2).unwrap();
+        let _queues = open_queues(TUN, 2, false).unwrap();
         first_up_done(TUN);
         // The very last change apply makes already exists.
         ip("-6 rule add priority 1002 not fwmark 0x2d lookup 100");
@@ -195,7 +195,7 @@ fn apply_refuses_a_missing_device_and_a_bad_plan_without_changing_anything() {
 fn inspect_device_tells_tun_flavours_and_other_kinds_apart() {
     in_private_netns(|| async {
         lan();
-        let _queues = open_queues(TUN, 2).unwrap();
+        let _queues = open_queues(TUN, 2, false).unwrap();
         ip("tuntap add mode tun name t2ssq0");
         ip("tuntap add mode tun name t2smq0 multi_queue");
         ip("tuntap add mode tap name t2stap0");

@@ -74,7 +74,7 @@ fn without_cap_bpf_the_error_names_the_capability() {
     // privileges so that the other tests running in this process see them.
     let _ = aya::features();
     let error = in_private_netns(|| {
-        let tun = open_queues(DEVICE, 2).map_err(io::Error::other)?;
+        let tun = open_queues(DEVICE, 2, false).map_err(io::Error::other)?;
         // Capabilities are per thread: this drops them for this thread only.
         drop_effective_capabilities(&[CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF])?;
         Ok(steering::attach(tun[0].as_fd()).expect_err("attach without CAP_BPF"))
@@ -157,7 +157,7 @@ struct Captured {
 }
 
 fn capture_steered_traffic(queues: usize) -> io::Result<Vec<Captured>> {
-    let tun = open_queues(DEVICE, queues).map_err(io::Error::other)?;
+    let tun = open_queues(DEVICE, queues, false).map_err(io::Error::other)?;
     let steering = steering::attach(tun[0].as_fd()).map_err(io::Error::other)?;
     configure_device()?;
 

@@ -3,4 +3,5 @@ pub mod ethtool;
 pub mod neighbours;
 pub mod port;
 pub mod tun;
+pub mod vnet;
 pub mod xsk;

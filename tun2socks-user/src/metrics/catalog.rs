@@ -46,6 +46,9 @@ const DROPS: &str = "Packets or datagrams dropped, by reason.";
 const REFUSED: &str = "TCP connection requests answered with a reset, by reason.";
 const DATAGRAMS: &str = "UDP datagrams relayed (out: to the upstream, in: back to the applications).";
 const DNS: &str = "DNS queries handled by the worker, by outcome.";
+const OFFLOAD: &str = "TUN offload (--tun-offload on): packets read as one TSO segment train, read with a \
+                       checksum the kernel vouched for, written as one GSO packet, and the segments those GSO \
+                       packets stand for.";
 
 /// In exposition order; the series of one family are adjacent.
 pub const SERIES: &[Series] = &[
@@ -151,6 +154,13 @@ pub const SERIES: &[Series] = &[
         Some(("reason", "tun_write_error")),
         |s| s.stats.tun_write_errors,
     ),
+    counter(
+        "bad_checksum_in",
+        "drops",
+        DROPS,
+        Some(("reason", "bad_checksum")),
+        |s| s.stats.offload.bad_checksum_in,
+    ),
     counter("udp_dropped_out", "drops", DROPS, Some(("reason", "udp_out")), |s| {
         s.stats.udp.dropped_out
     }),
@@ -219,6 +229,34 @@ pub const SERIES: &[Series] = &[
     counter("dns_failed", "dns_queries", DNS, Some(("outcome", "failed")), |s| {
         s.stats.dns.failed
     }),
+    counter(
+        "tso_packets_in",
+        "tun_offload_packets",
+        OFFLOAD,
+        Some(("kind", "tso_in")),
+        |s| s.stats.offload.tso_packets_in,
+    ),
+    counter(
+        "csum_trusted_in",
+        "tun_offload_packets",
+        OFFLOAD,
+        Some(("kind", "csum_trusted_in")),
+        |s| s.stats.offload.csum_trusted_in,
+    ),
+    counter(
+        "gso_packets_out",
+        "tun_offload_packets",
+        OFFLOAD,
+        Some(("kind", "gso_out")),
+        |s| s.stats.offload.gso_packets_out,
+    ),
+    counter(
+        "gso_segments_out",
+        "tun_offload_packets",
+        OFFLOAD,
+        Some(("kind", "gso_segments_out")),
+        |s| s.stats.offload.gso_segments_out,
+    ),
 ];
 
 /// The families in order, each with its series.

@@ -19,12 +19,13 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, Ipv4Ad
 
 use super::budget::BufferBudget;
 use super::buffers::{BufferPool, Region};
-use super::device::{OnePacket, TxPath};
+use super::device::{OFFLOAD_MAX_PACKET, Offload, OnePacket, TxPath};
 use super::limit_log::{Limit, LimitLog};
 use super::recently_closed::RecentlyClosed;
 use super::stats::WorkerStats;
 use crate::device::port::{PacketPort, Port};
-use crate::packet::{Classified, FlowKey, classify};
+use crate::device::vnet::VNET_HDR_LEN;
+use crate::packet::{Classified, FlowKey, classify, tcp_mss_option};
 
 /// Bounds on how much work and memory one egress call may take, so that a
 /// worker returns to reading its queue regularly.
@@ -94,7 +95,11 @@ pub struct Stack {
     /// Flows reaped in the last seconds (see [`RecentlyClosed`]).
     recently_closed: RecentlyClosed,
     port: Rc<Port>,
+    /// smoltcp builds each outgoing packet here; with offload it starts
+    /// with room for the `virtio_net_hdr`.
     tx_buf: Vec<u8>,
+    /// TUN offload on ([`Port::offload`]): what segmenting needs.
+    offload: Option<Offload>,
     pub stats: WorkerStats,
     config: StackConfig,
     half_open: usize,
@@ -107,7 +112,11 @@ pub struct Stack {
 
 impl Stack {
     pub fn new(port: Rc<Port>, config: StackConfig, seed: u64) -> Self {
-        let mut tx_buf = vec![0u8; config.mtu];
+        let offload = port.offload().then(|| Offload::new(config.mtu));
+        let mut tx_buf = match offload {
+            Some(_) => vec![0u8; VNET_HDR_LEN + OFFLOAD_MAX_PACKET],
+            None => vec![0u8; config.mtu],
+        };
         let mut stats = WorkerStats::default();
         let epoch = std::time::Instant::now();
         let mut iface_config = Config::new(HardwareAddress::Ip);
@@ -118,6 +127,7 @@ impl Stack {
                 port: &port,
                 buf: &mut tx_buf,
                 stats: &mut stats,
+                offload: offload.as_ref(),
             },
             tx_budget: usize::MAX,
         };
@@ -142,6 +152,7 @@ impl Stack {
             recently_closed: RecentlyClosed::default(),
             port,
             tx_buf,
+            offload,
             stats,
             budget: BufferBudget::new(config.buffer_memory, config.tcp_rx_buffer, config.max_sessions),
             config,
@@ -276,9 +287,30 @@ impl Stack {
         let (mut syn, buffer) = self.take_pending(key)?;
         // The reservation moves to the socket (released when it goes).
         self.budget.release(2 * buffer);
-        let handle = self.replay_syn(key, &mut syn, buffer, buffer)?;
+        if let Some(offload) = &mut self.offload {
+            // smoltcp will send segments past this MSS; the kernel cuts
+            // them back to it.
+            let mss = tcp_mss_option(&syn).unwrap_or(536);
+            offload.peer_mss.insert(key, mss);
+        }
+        let Some(handle) = self.replay_syn(key, &mut syn, buffer, buffer) else {
+            if let Some(offload) = &mut self.offload {
+                offload.peer_mss.remove(&key);
+            }
+            return None;
+        };
+        let offload = self.offload.is_some();
         let socket = self.tcp(handle);
         socket.set_nagle_enabled(false);
+        if offload {
+            // smoltcp delays the ACK of a lone segment (10 ms) and only
+            // acknowledges at once when a second one arrives. With TSO a
+            // segment is up to 64 KB, often all the window lets the
+            // application send: every such ACK would stall the upload for
+            // the full delay. One ACK per TSO packet is about what a Linux
+            // receiver sends for GRO packets anyway.
+            socket.set_ack_delay(None);
+        }
         self.flows.insert(key, Flow::Open(handle));
         self.stats.flows_accepted += 1;
         Some(handle)
@@ -381,6 +413,7 @@ impl Stack {
                 port: &self.port,
                 buf: &mut self.tx_buf,
                 stats: &mut self.stats,
+                offload: self.offload.as_ref(),
             },
             // What one packet provokes (an ACK, a reset) is small.
             tx_budget: usize::MAX,
@@ -403,6 +436,7 @@ impl Stack {
                 port: &self.port,
                 buf: &mut self.tx_buf,
                 stats: &mut self.stats,
+                offload: self.offload.as_ref(),
             },
             tx_budget: budget,
         };
@@ -438,6 +472,7 @@ impl Stack {
         let recently_closed = &mut self.recently_closed;
         let regions = &mut self.regions;
         let pool = &mut self.pool;
+        let mut offload = self.offload.as_mut();
         self.closing.retain(|&(key, handle)| {
             if !matches!(flows.get(&key), Some(Flow::Open(h)) if *h == handle) {
                 return false; // already reaped through another entry
@@ -452,6 +487,9 @@ impl Stack {
             if done {
                 remove_socket(sockets, regions, pool, budget, handle);
                 flows.remove(&key);
+                if let Some(offload) = offload.as_deref_mut() {
+                    offload.peer_mss.remove(&key);
+                }
                 recently_closed.insert(key, now);
             }
             !done

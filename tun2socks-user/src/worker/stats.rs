@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::dns::DnsStats;
 use super::udp::UdpStats;
+use crate::device::port::OffloadStats;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WorkerStats {
@@ -35,6 +36,8 @@ pub struct WorkerStats {
     /// ICMP, fragments and other traffic this build does not terminate.
     pub dropped_unsupported: u64,
     pub tun_write_errors: u64,
+    /// What the TUN queue counted with offload on (all 0 otherwise).
+    pub offload: OffloadStats,
     pub udp: UdpStats,
     pub dns: DnsStats,
     /// How long upstream connects took (proxy handshake included), for the
@@ -58,6 +61,12 @@ impl WorkerStats {
         self.dropped_malformed += other.dropped_malformed;
         self.dropped_unsupported += other.dropped_unsupported;
         self.tun_write_errors += other.tun_write_errors;
+        let (f, o) = (&mut self.offload, &other.offload);
+        f.tso_packets_in += o.tso_packets_in;
+        f.csum_trusted_in += o.csum_trusted_in;
+        f.bad_checksum_in += o.bad_checksum_in;
+        f.gso_packets_out += o.gso_packets_out;
+        f.gso_segments_out += o.gso_segments_out;
         let (u, o) = (&mut self.udp, &other.udp);
         u.sessions_opened += o.sessions_opened;
         u.sessions_evicted += o.sessions_evicted;
@@ -127,7 +136,8 @@ impl fmt::Display for WorkerStats {
              dropped_unsupported={} tun_write_errors={} udp_sessions_opened={} udp_sessions_evicted={} \
              udp_sessions_failed={} udp_datagrams_out={} udp_datagrams_in={} udp_dropped_out={} \
              udp_dropped_in={} udp_fragments_dropped={} dns_answered_locally={} dns_sent_over_tcp={} \
-             dns_failed={} dns_dropped={}",
+             dns_failed={} dns_dropped={} tso_packets_in={} csum_trusted_in={} bad_checksum_in={} \
+             gso_packets_out={} gso_segments_out={}",
             self.flows_accepted,
             self.flows_refused,
             self.syn_over_budget,
@@ -153,7 +163,12 @@ impl fmt::Display for WorkerStats {
             self.dns.answered_locally,
             self.dns.sent_over_tcp,
             self.dns.failed,
-            self.dns.dropped
+            self.dns.dropped,
+            self.offload.tso_packets_in,
+            self.offload.csum_trusted_in,
+            self.offload.bad_checksum_in,
+            self.offload.gso_packets_out,
+            self.offload.gso_segments_out
         )
     }
 }

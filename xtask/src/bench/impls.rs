@@ -21,8 +21,11 @@ pub enum Kind {
     Routed,
     /// Kernel baseline 2: the client speaks SOCKS5 to dante itself, no TUN.
     Socks,
-    /// This project, multi-queue TUN mode.
+    /// This project, multi-queue TUN mode (TUN offload at its default, on).
     Tun2socks { workers: u16 },
+    /// This project, multi-queue TUN mode with `--tun-offload off`: one
+    /// packet per read or write.
+    Tun2socksNoOffload { workers: u16 },
     /// This project in host mode: a veth pair served over AF_XDP
     /// (`--device veth://NAME`).
     Tun2socksXdp { workers: u16 },
@@ -46,6 +49,7 @@ impl Variant {
             Kind::Routed => "kernel routed".into(),
             Kind::Socks => "kernel SOCKS".into(),
             Kind::Tun2socks { workers } => format!("tun2socks w{workers}{mtu}"),
+            Kind::Tun2socksNoOffload { workers } => format!("tun2socks-offload-off w{workers}{mtu}"),
             Kind::Tun2socksXdp { workers } => format!("tun2socks-xdp w{workers}{mtu}"),
             Kind::Tun2proxy => format!("tun2proxy{mtu}"),
         }
@@ -56,7 +60,7 @@ impl Variant {
     pub fn is_tunnel(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Tun2socks { .. } | Kind::Tun2socksXdp { .. } | Kind::Tun2proxy
+            Kind::Tun2socks { .. } | Kind::Tun2socksNoOffload { .. } | Kind::Tun2socksXdp { .. } | Kind::Tun2proxy
         )
     }
 }
@@ -67,8 +71,15 @@ pub const XDP_MAX_MTU: u32 = 3506;
 
 /// Every variant of a run, in the order of round 0. `xdp_workers`: the
 /// worker counts host mode (AF_XDP) is measured with, at each MTU capped
-/// to [`XDP_MAX_MTU`].
-pub fn variants(workers: &[u16], xdp_workers: &[u16], mtus: &[u32], peer: bool) -> Vec<Variant> {
+/// to [`XDP_MAX_MTU`]. `offload_off_workers`: the worker counts the TUN
+/// daemon is measured with `--tun-offload off` too.
+pub fn variants(
+    workers: &[u16],
+    xdp_workers: &[u16],
+    offload_off_workers: &[u16],
+    mtus: &[u32],
+    peer: bool,
+) -> Vec<Variant> {
     let mut all = vec![
         Variant {
             kind: Kind::Routed,
@@ -83,6 +94,12 @@ pub fn variants(workers: &[u16], xdp_workers: &[u16], mtus: &[u32], peer: bool) 
         for &w in workers {
             all.push(Variant {
                 kind: Kind::Tun2socks { workers: w },
+                mtu: Some(mtu),
+            });
+        }
+        for &w in offload_off_workers {
+            all.push(Variant {
+                kind: Kind::Tun2socksNoOffload { workers: w },
                 mtu: Some(mtu),
             });
         }
@@ -130,7 +147,7 @@ impl<'a> Running<'a> {
         let what = match variant.kind {
             Kind::Routed => What::Kernel(Some(bed.routed()?)),
             Kind::Socks => What::Kernel(None),
-            Kind::Tun2socks { workers } | Kind::Tun2socksXdp { workers } => {
+            Kind::Tun2socks { workers } | Kind::Tun2socksNoOffload { workers } | Kind::Tun2socksXdp { workers } => {
                 let mtu = variant.mtu.context("tun2socks needs an MTU")?.to_string();
                 let mut args = vec!["--workers".to_owned(), workers.to_string(), "--mtu".to_owned(), mtu];
                 // Named explicitly: the default (auto) picks by MTU.
@@ -139,6 +156,9 @@ impl<'a> Running<'a> {
                     _ => "tun://tun2socks0",
                 };
                 args.extend(["--device".to_owned(), device.to_owned()]);
+                if let Kind::Tun2socksNoOffload { .. } = variant.kind {
+                    args.extend(["--tun-offload".to_owned(), "off".to_owned()]);
+                }
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let mut cmd = Daemon::command_with(&bins.daemon, bed.lab(), &dante_url(false), &args);
                 cmd.env("RUST_LOG", "info");

@@ -56,6 +56,11 @@ pub struct Options {
     /// too [default: the largest of --workers]; 0 for none.
     #[arg(long, value_delimiter = ',')]
     pub xdp_workers: Vec<u16>,
+    /// Measure the TUN daemon with `--tun-offload off` too (one packet per
+    /// read or write, as before offload), with these worker counts
+    /// [default: none].
+    #[arg(long, value_delimiter = ',')]
+    pub offload_off_workers: Vec<u16>,
     /// Do not measure the peer (tun2proxy).
     #[arg(long)]
     pub no_peer: bool,
@@ -109,6 +114,10 @@ pub struct Plan {
     /// Host mode's worker counts (none: not measured).
     #[serde(default)]
     pub xdp_workers: Vec<u16>,
+    /// Worker counts of the TUN daemon with `--tun-offload off` (none: not
+    /// measured).
+    #[serde(default)]
+    pub offload_off_workers: Vec<u16>,
     pub mtus: Vec<u32>,
     pub peer: bool,
     pub settings: Settings,
@@ -133,7 +142,12 @@ impl Plan {
             ([], false) => vec![1500, DEFAULT_MTU],
             (m, _) => m.to_vec(),
         };
-        if workers.contains(&0) || xdp_workers.contains(&0) || mtus.iter().any(|m| !(1280..=65535).contains(m)) {
+        let offload_off_workers = o.offload_off_workers.clone();
+        if workers.contains(&0)
+            || xdp_workers.contains(&0)
+            || offload_off_workers.contains(&0)
+            || mtus.iter().any(|m| !(1280..=65535).contains(m))
+        {
             bail!("workers must be at least 1 and MTUs 1280 to 65535");
         }
         let settings = Settings {
@@ -151,6 +165,7 @@ impl Plan {
             rounds: if q { 1 } else { o.rounds.max(1) },
             workers,
             xdp_workers,
+            offload_off_workers,
             mtus,
             peer: !q && !o.no_peer,
             settings,
@@ -206,7 +221,13 @@ pub fn run(opts: Options) -> Result<()> {
         },
     };
     let bins = Binaries { daemon, load, peer };
-    let variants = impls::variants(&plan.workers, &plan.xdp_workers, &plan.mtus, bins.peer.is_some());
+    let variants = impls::variants(
+        &plan.workers,
+        &plan.xdp_workers,
+        &plan.offload_off_workers,
+        &plan.mtus,
+        bins.peer.is_some(),
+    );
     let out_dir = match &opts.out {
         Some(dir) => dir.clone(),
         None => cargo::workspace_root().join("target/bench").join(utc_stamp()),
@@ -349,6 +370,7 @@ mod tests {
             rounds: 3,
             workers: vec![],
             xdp_workers: vec![],
+            offload_off_workers: vec![],
             mtu: vec![],
             no_peer: false,
             secs: None,
