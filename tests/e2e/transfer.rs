@@ -43,12 +43,12 @@ fn verified_transfers(offload: Offload) -> Result<()> {
         let (v4, v6) = (srv(false, port::PROBE), srv(true, port::PROBE));
         let summary = xfer_from(lab, lab.app(), v4, 32, "8MiB", "both", &half_close)?;
         eprintln!("IPv4: {summary}");
-        let summary = xfer_from(lab, lab.app(), v6, 4, "1MiB", "both", &half_close)?;
+        let summary = xfer_from(lab, lab.app(), v6, 16, "8MiB", "both", &half_close)?;
         eprintln!("IPv6: {summary}");
 
-        // 64 IPv4 and 8 IPv6 transfers, one connection each.
+        // 64 IPv4 and 32 IPv6 transfers, one connection each.
         let exit = daemon.stop()?;
-        expect_spread_over_workers(&exit, 2, 72)?;
+        expect_spread_over_workers(&exit, 2, 96)?;
 
         // Offload really carried the data: downloads left as GSO packets of
         // several segments each, uploads came in as TSO packets, and nothing
