@@ -1,7 +1,8 @@
 //! Issue 7 (operability): the metrics endpoint during a transfer, `tun2socks
 //! stats`, `--no-setup` on a device made by `scripts/tun-iproute2.sh`, a
 //! single-queue device refused, an HTTP proxy (tinyproxy) and `direct://`
-//! upstream, and the systemd unit's capability set.
+//! upstream, the systemd unit's capability set, and the workers' scheduling
+//! (`--worker-priority`).
 //!
 //! Adopting a multi-queue device with the daemon's own setup is
 //! `teardown::adopted_device_is_left_as_found`.
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use lab::daemon::run_to_exit;
 use lab::process::{Process, checked_output};
+use lab::procfs::{ThreadScheduling, thread_scheduling};
 use lab::servers::dante_url;
 use lab::topology::{addr, port};
 use lab::{Daemon, Lab, Snapshot};
@@ -524,29 +526,124 @@ fn direct_upstream() -> Result<()> {
     })
 }
 
+const SCHED_OTHER: u32 = 0;
+const SCHED_FIFO: u32 = 1;
+
+/// The daemon's worker threads (`worker-N`) and its other threads.
+fn threads_by_role(pid: u32) -> Result<(Vec<ThreadScheduling>, Vec<ThreadScheduling>)> {
+    Ok(thread_scheduling(pid)?
+        .into_iter()
+        .partition(|t| t.name.starts_with("worker-")))
+}
+
+/// Workers run at `SCHED_FIFO` priority 1 by default (so that a packet does
+/// not wait behind other processes for its worker's core) and at ordinary
+/// priority with `--worker-priority normal`; no other thread of the daemon
+/// ever runs at real time.
+#[test]
+fn workers_run_at_realtime_priority_unless_told_otherwise() -> Result<()> {
+    in_lab(|lab| {
+        lab.start_dante()?;
+        lab.start_http()?;
+        for (extra, policy, rt_priority) in [
+            (None, SCHED_FIFO, 1),
+            (Some("normal"), SCHED_OTHER, 0),
+            (Some("realtime"), SCHED_FIFO, 1),
+        ] {
+            let mut args = vec!["--workers", "2"];
+            if let Some(priority) = extra {
+                args.extend(["--worker-priority", priority]);
+            }
+            let daemon = Daemon::start(lab, &dante_url(false), &args)?;
+            expect_hello(lab, false)?;
+            let (workers, others) = threads_by_role(daemon.pid())?;
+            let log = daemon.log();
+            let exit = daemon.stop()?;
+            expect_clean_exit(&exit, Some(2))?;
+            ensure!(workers.len() == 2, "{args:?}: expected 2 worker threads: {workers:?}");
+            ensure!(
+                workers
+                    .iter()
+                    .all(|t| (t.policy, t.rt_priority) == (policy, rt_priority)),
+                "{args:?}: workers should run at policy {policy} priority {rt_priority}: {workers:?}\n{log}"
+            );
+            ensure!(
+                others.iter().all(|t| t.policy == SCHED_OTHER),
+                "{args:?}: only workers may run at real time: {others:?}"
+            );
+            ensure!(
+                !log.contains("cannot run the worker at real-time priority"),
+                "{args:?}:\n{log}"
+            );
+        }
+        Ok(())
+    })
+}
+
+/// The daemon as root with only these capabilities in its bounding set
+/// (`setpriv`).
+fn daemon_with_capabilities(lab: &Lab, bounding_set: &str) -> Result<Command> {
+    let mut cmd = lab.app().command("setpriv");
+    cmd.arg(format!("--bounding-set=-all,{bounding_set}"))
+        .arg("--")
+        .arg(Daemon::binary()?)
+        .args(["--proxy", &dante_url(false), "--workers", "2"])
+        .env(
+            "RUST_LOG",
+            std::env::var("T2S_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1");
+    Ok(cmd)
+}
+
+/// Without CAP_SYS_NICE (nor an `RLIMIT_RTPRIO`), real time is refused: the
+/// workers say so once each and run at ordinary priority; traffic flows.
+#[test]
+fn workers_fall_back_to_normal_priority_when_real_time_is_refused() -> Result<()> {
+    in_lab(|lab| {
+        lab.start_dante()?;
+        lab.start_http()?;
+        let daemon = Daemon::start_command(lab, daemon_with_capabilities(lab, "+net_admin,+bpf")?)?;
+        expect_hello(lab, false)?;
+        let (workers, _) = threads_by_role(daemon.pid())?;
+        let exit = daemon.stop()?;
+        expect_clean_exit(&exit, Some(2))?;
+        ensure!(
+            workers.len() == 2 && workers.iter().all(|t| t.policy == SCHED_OTHER),
+            "{workers:?}"
+        );
+        let warnings = exit.log.matches("cannot run the worker at real-time priority").count();
+        ensure!(
+            warnings == 2,
+            "expected one warning per worker, got {warnings}:\n{}",
+            exit.log
+        );
+        Ok(())
+    })
+}
+
 /// What `systemd/tun2socks.service` grants is enough: as root with only
-/// CAP_NET_ADMIN and CAP_BPF in the bounding set (and no --netns, which
-/// needs CAP_SYS_ADMIN: the unit uses NetworkNamespacePath= for that), the
-/// daemon sets up, steers with eBPF, relays and undoes everything.
+/// CAP_NET_ADMIN, CAP_BPF and CAP_SYS_NICE in the bounding set (and no
+/// --netns, which needs CAP_SYS_ADMIN: the unit uses NetworkNamespacePath=
+/// for that), the daemon sets up, steers with eBPF, relays with real-time
+/// workers and undoes everything.
 #[test]
 fn runs_with_the_units_capabilities() -> Result<()> {
     in_lab(|lab| {
         lab.start_dante()?;
         lab.start_http()?;
         let before = Snapshot::take(lab.app())?;
-        let mut cmd = lab.app().command("setpriv");
-        cmd.args(["--bounding-set=-all,+net_admin,+bpf", "--"])
-            .arg(Daemon::binary()?)
-            .args(["--proxy", &dante_url(false)])
-            .env(
-                "RUST_LOG",
-                std::env::var("T2S_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1");
+        let cmd = daemon_with_capabilities(lab, "+net_admin,+bpf,+sys_nice")?;
         let daemon = Daemon::start_command(lab, cmd)?;
         expect_hello(lab, false)?;
+        let (workers, _) = threads_by_role(daemon.pid())?;
         let exit = daemon.stop()?;
         expect_clean_exit(&exit, None)?;
+        ensure!(
+            !workers.is_empty() && workers.iter().all(|t| t.policy == SCHED_FIFO),
+            "the unit's capabilities were not enough for real-time workers: {workers:?}\n{}",
+            exit.log
+        );
         ensure!(
             !exit.log.contains("flow steering unavailable"),
             "CAP_BPF was not enough for the steering program:\n{}",

@@ -76,6 +76,39 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_millis(total * 1000 / hz))
 }
 
+/// How one thread of a process is scheduled (`/proc/PID/task/TID/stat`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadScheduling {
+    pub name: String,
+    /// `SCHED_OTHER` 0, `SCHED_FIFO` 1, `SCHED_RR` 2, ...
+    pub policy: u32,
+    /// 1..=99 for the real-time policies, 0 otherwise.
+    pub rt_priority: u32,
+}
+
+/// The scheduling of every thread of `pid`.
+pub fn thread_scheduling(pid: u32) -> Result<Vec<ThreadScheduling>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut threads = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let path = entry?.path().join("stat");
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue; // the thread ended meanwhile
+        };
+        let (head, rest) = text.rsplit_once(')').context("malformed stat")?;
+        let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After ')': state is field 3 of stat(5), rt_priority 40, policy 41.
+        let field = |i: usize| -> Result<u32> { Ok(fields.get(i - 3).context("short stat")?.parse()?) };
+        threads.push(ThreadScheduling {
+            name,
+            policy: field(41)?,
+            rt_priority: field(40)?,
+        });
+    }
+    Ok(threads)
+}
+
 /// Resets the peak resident memory (`VmHWM`) of `pid` to its current RSS
 /// (`/proc/PID/clear_refs`, value 5), so that a later [`peak_rss_kib`]
 /// tells the peak of what came after.

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use crate::dns::DnsMode;
+use crate::worker::WorkerPriority;
 
 /// `on` or `off`.
 fn parse_on_off(value: &str) -> Result<bool, String> {
@@ -108,6 +109,14 @@ pub struct Cli {
     /// before. Only for the TUN device (not veth:// or xdp://).
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub tun_offload: bool,
+
+    /// How worker threads compete for their cores: realtime (SCHED_FIFO at the lowest real-time
+    /// priority: a worker runs as soon as a packet arrives instead of waiting behind other processes;
+    /// one that keeps its core over 90 % busy drops to normal priority for a second) or normal
+    /// (ordinary time sharing). realtime needs CAP_SYS_NICE or RLIMIT_RTPRIO >= 1; without them the
+    /// workers say so and run at normal priority.
+    #[arg(long, value_name = "realtime|normal", default_value = "realtime")]
+    pub worker_priority: WorkerPriority,
 
     /// Firewall mark on upstream sockets; marked traffic never enters the tunnel. Decimal or 0x-hex.
     #[arg(long, value_name = "N", default_value = "0x7432", value_parser = parse_u32)]

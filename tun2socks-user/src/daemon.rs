@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cli::{Cli, DeviceKind, DeviceSpec};
 use crate::device::port::Port;
@@ -25,7 +25,9 @@ use crate::proxy::Upstream;
 use crate::router_mode::RouterDevice;
 use crate::setup::{self, ExistingDevice, SetupError, SetupPlan};
 use crate::steering::Steering;
-use crate::worker::{self, Phase, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
+use crate::worker::{
+    self, Phase, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerPriority, WorkerSnapshot, WorkerStats,
+};
 use crate::{metrics, netns, notify, privileges, steering};
 
 /// How long the start-up check waits for the proxy to accept a connection.
@@ -132,8 +134,19 @@ async fn tunnel(
             return (Err(e).context("configuring the network"), undone && closed);
         }
     };
-    // Setup is done: from here on only CAP_NET_ADMIN (marks, undo) is kept.
-    match privileges::drop_to_runtime_set() {
+    // Setup is done: from here on only CAP_NET_ADMIN (marks, undo) is kept,
+    // and what real-time workers need to leave their priority and take it
+    // back (see worker::scheduling): the rlimit, or else CAP_SYS_NICE.
+    let keep_sys_nice = cli.worker_priority == WorkerPriority::Realtime
+        && match privileges::allow_realtime(worker::scheduling::REALTIME_PRIORITY) {
+            Ok(()) => false,
+            Err(e) => {
+                debug!(error = %e, "could not raise RLIMIT_RTPRIO; keeping CAP_SYS_NICE for real-time workers");
+                true
+            }
+        };
+    match privileges::drop_to_runtime_set(keep_sys_nice) {
+        Ok(()) if keep_sys_nice => info!("dropped every capability but CAP_NET_ADMIN and CAP_SYS_NICE"),
         Ok(()) => info!("dropped every capability but CAP_NET_ADMIN"),
         Err(e) => warn!(error = %e, "could not drop capabilities; running with those we were given"),
     }
@@ -592,6 +605,7 @@ async fn run_workers(
             upstream: upstream.clone(),
             dns: Some(dns.clone()),
             tcp_idle_timeout: cli.tcp_idle_timeout(),
+            priority: cli.worker_priority,
         };
         match worker::spawn(config, port, phase_rx.clone()) {
             Ok(handle) => handles.push(handle),

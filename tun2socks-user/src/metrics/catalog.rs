@@ -257,6 +257,14 @@ pub const SERIES: &[Series] = &[
         Some(("kind", "gso_segments_out")),
         |s| s.stats.offload.gso_segments_out,
     ),
+    counter(
+        "realtime_demotions",
+        "worker_realtime_demotions",
+        "Times a worker at --worker-priority realtime kept its core over 90 % busy for 50 ms and ran at \
+         normal priority for the next second.",
+        None,
+        |s| s.stats.realtime_demotions,
+    ),
 ];
 
 /// The families in order, each with its series.

@@ -11,6 +11,7 @@ mod device;
 pub mod dns;
 mod limit_log;
 mod recently_closed;
+pub mod scheduling;
 pub mod session;
 pub mod stack;
 pub mod stats;
@@ -33,6 +34,7 @@ use tracing::{debug, info, info_span, warn};
 use crate::device::port::{PacketPort, Port};
 use crate::dns::DnsService;
 use crate::proxy::Upstream;
+pub use scheduling::WorkerPriority;
 pub use stack::StackConfig;
 pub use stats::WorkerStats;
 use std::sync::Arc;
@@ -61,6 +63,8 @@ pub struct WorkerConfig {
     pub dns: Option<Arc<DnsService>>,
     /// TCP sessions with no data either way for this long are reset.
     pub tcp_idle_timeout: Option<std::time::Duration>,
+    /// How the worker's thread competes for its core (`--worker-priority`).
+    pub priority: WorkerPriority,
 }
 
 /// What a worker's tasks share. Single-threaded by construction.
@@ -230,8 +234,12 @@ async fn run(
         egress: Notify::new(),
         pipelining: Cell::default(),
     });
+    let mut scheduling = scheduling::Scheduling::start(config.priority);
     let mut bulk = false;
     loop {
+        if scheduling.tick() {
+            shared.stack.borrow_mut().stats.realtime_demotions += 1;
+        }
         let delay = shared
             .stack
             .borrow_mut()

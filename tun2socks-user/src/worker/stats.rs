@@ -36,6 +36,9 @@ pub struct WorkerStats {
     /// ICMP, fragments and other traffic this build does not terminate.
     pub dropped_unsupported: u64,
     pub tun_write_errors: u64,
+    /// Times the worker left real-time priority for hogging its core (see
+    /// `worker::scheduling`).
+    pub realtime_demotions: u64,
     /// What the TUN queue counted with offload on (all 0 otherwise).
     pub offload: OffloadStats,
     pub udp: UdpStats,
@@ -61,6 +64,7 @@ impl WorkerStats {
         self.dropped_malformed += other.dropped_malformed;
         self.dropped_unsupported += other.dropped_unsupported;
         self.tun_write_errors += other.tun_write_errors;
+        self.realtime_demotions += other.realtime_demotions;
         let (f, o) = (&mut self.offload, &other.offload);
         f.tso_packets_in += o.tso_packets_in;
         f.csum_trusted_in += o.csum_trusted_in;
@@ -137,7 +141,7 @@ impl fmt::Display for WorkerStats {
              udp_sessions_failed={} udp_datagrams_out={} udp_datagrams_in={} udp_dropped_out={} \
              udp_dropped_in={} udp_fragments_dropped={} dns_answered_locally={} dns_sent_over_tcp={} \
              dns_failed={} dns_dropped={} tso_packets_in={} csum_trusted_in={} bad_checksum_in={} \
-             gso_packets_out={} gso_segments_out={}",
+             gso_packets_out={} gso_segments_out={} realtime_demotions={}",
             self.flows_accepted,
             self.flows_refused,
             self.syn_over_budget,
@@ -168,7 +172,8 @@ impl fmt::Display for WorkerStats {
             self.offload.csum_trusted_in,
             self.offload.bad_checksum_in,
             self.offload.gso_packets_out,
-            self.offload.gso_segments_out
+            self.offload.gso_segments_out,
+            self.realtime_demotions
         )
     }
 }

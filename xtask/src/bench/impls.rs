@@ -26,6 +26,9 @@ pub enum Kind {
     /// This project, multi-queue TUN mode with `--tun-offload off`: one
     /// packet per read or write.
     Tun2socksNoOffload { workers: u16 },
+    /// This project, multi-queue TUN mode with `--worker-priority normal`:
+    /// workers share their cores like any process.
+    Tun2socksNormalPriority { workers: u16 },
     /// This project in host mode: a veth pair served over AF_XDP
     /// (`--device veth://NAME`).
     Tun2socksXdp { workers: u16 },
@@ -50,6 +53,7 @@ impl Variant {
             Kind::Socks => "kernel SOCKS".into(),
             Kind::Tun2socks { workers } => format!("tun2socks w{workers}{mtu}"),
             Kind::Tun2socksNoOffload { workers } => format!("tun2socks-offload-off w{workers}{mtu}"),
+            Kind::Tun2socksNormalPriority { workers } => format!("tun2socks-normal-prio w{workers}{mtu}"),
             Kind::Tun2socksXdp { workers } => format!("tun2socks-xdp w{workers}{mtu}"),
             Kind::Tun2proxy => format!("tun2proxy{mtu}"),
         }
@@ -60,7 +64,11 @@ impl Variant {
     pub fn is_tunnel(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Tun2socks { .. } | Kind::Tun2socksNoOffload { .. } | Kind::Tun2socksXdp { .. } | Kind::Tun2proxy
+            Kind::Tun2socks { .. }
+                | Kind::Tun2socksNoOffload { .. }
+                | Kind::Tun2socksNormalPriority { .. }
+                | Kind::Tun2socksXdp { .. }
+                | Kind::Tun2proxy
         )
     }
 }
@@ -72,11 +80,13 @@ pub const XDP_MAX_MTU: u32 = 3506;
 /// Every variant of a run, in the order of round 0. `xdp_workers`: the
 /// worker counts host mode (AF_XDP) is measured with, at each MTU capped
 /// to [`XDP_MAX_MTU`]. `offload_off_workers`: the worker counts the TUN
-/// daemon is measured with `--tun-offload off` too.
+/// daemon is measured with `--tun-offload off` too; `normal_priority_workers`:
+/// with `--worker-priority normal` too.
 pub fn variants(
     workers: &[u16],
     xdp_workers: &[u16],
     offload_off_workers: &[u16],
+    normal_priority_workers: &[u16],
     mtus: &[u32],
     peer: bool,
 ) -> Vec<Variant> {
@@ -100,6 +110,12 @@ pub fn variants(
         for &w in offload_off_workers {
             all.push(Variant {
                 kind: Kind::Tun2socksNoOffload { workers: w },
+                mtu: Some(mtu),
+            });
+        }
+        for &w in normal_priority_workers {
+            all.push(Variant {
+                kind: Kind::Tun2socksNormalPriority { workers: w },
                 mtu: Some(mtu),
             });
         }
@@ -147,7 +163,10 @@ impl<'a> Running<'a> {
         let what = match variant.kind {
             Kind::Routed => What::Kernel(Some(bed.routed()?)),
             Kind::Socks => What::Kernel(None),
-            Kind::Tun2socks { workers } | Kind::Tun2socksNoOffload { workers } | Kind::Tun2socksXdp { workers } => {
+            Kind::Tun2socks { workers }
+            | Kind::Tun2socksNoOffload { workers }
+            | Kind::Tun2socksNormalPriority { workers }
+            | Kind::Tun2socksXdp { workers } => {
                 let mtu = variant.mtu.context("tun2socks needs an MTU")?.to_string();
                 let mut args = vec!["--workers".to_owned(), workers.to_string(), "--mtu".to_owned(), mtu];
                 // Named explicitly: the default (auto) picks by MTU.
@@ -156,8 +175,12 @@ impl<'a> Running<'a> {
                     _ => "tun://tun2socks0",
                 };
                 args.extend(["--device".to_owned(), device.to_owned()]);
-                if let Kind::Tun2socksNoOffload { .. } = variant.kind {
-                    args.extend(["--tun-offload".to_owned(), "off".to_owned()]);
+                match variant.kind {
+                    Kind::Tun2socksNoOffload { .. } => args.extend(["--tun-offload".to_owned(), "off".to_owned()]),
+                    Kind::Tun2socksNormalPriority { .. } => {
+                        args.extend(["--worker-priority".to_owned(), "normal".to_owned()]);
+                    }
+                    _ => {}
                 }
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let mut cmd = Daemon::command_with(&bins.daemon, bed.lab(), &dante_url(false), &args);

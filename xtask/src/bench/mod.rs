@@ -61,6 +61,11 @@ pub struct Options {
     /// [default: none].
     #[arg(long, value_delimiter = ',')]
     pub offload_off_workers: Vec<u16>,
+    /// Measure the TUN daemon with `--worker-priority normal` too (workers
+    /// share their cores like any process), with these worker counts
+    /// [default: none].
+    #[arg(long, value_delimiter = ',')]
+    pub normal_priority_workers: Vec<u16>,
     /// Do not measure the peer (tun2proxy).
     #[arg(long)]
     pub no_peer: bool,
@@ -118,6 +123,10 @@ pub struct Plan {
     /// measured).
     #[serde(default)]
     pub offload_off_workers: Vec<u16>,
+    /// Worker counts of the TUN daemon with `--worker-priority normal`
+    /// (none: not measured).
+    #[serde(default)]
+    pub normal_priority_workers: Vec<u16>,
     pub mtus: Vec<u32>,
     pub peer: bool,
     pub settings: Settings,
@@ -143,9 +152,11 @@ impl Plan {
             (m, _) => m.to_vec(),
         };
         let offload_off_workers = o.offload_off_workers.clone();
+        let normal_priority_workers = o.normal_priority_workers.clone();
         if workers.contains(&0)
             || xdp_workers.contains(&0)
             || offload_off_workers.contains(&0)
+            || normal_priority_workers.contains(&0)
             || mtus.iter().any(|m| !(1280..=65535).contains(m))
         {
             bail!("workers must be at least 1 and MTUs 1280 to 65535");
@@ -166,6 +177,7 @@ impl Plan {
             workers,
             xdp_workers,
             offload_off_workers,
+            normal_priority_workers,
             mtus,
             peer: !q && !o.no_peer,
             settings,
@@ -225,6 +237,7 @@ pub fn run(opts: Options) -> Result<()> {
         &plan.workers,
         &plan.xdp_workers,
         &plan.offload_off_workers,
+        &plan.normal_priority_workers,
         &plan.mtus,
         bins.peer.is_some(),
     );
@@ -371,6 +384,7 @@ mod tests {
             workers: vec![],
             xdp_workers: vec![],
             offload_off_workers: vec![],
+            normal_priority_workers: vec![],
             mtu: vec![],
             no_peer: false,
             secs: None,

@@ -232,6 +232,7 @@ fn short_label(v: &Variant) -> String {
         Kind::Socks => "SOCKS".into(),
         Kind::Tun2socks { workers } => format!("t2s w{workers}{mtu}"),
         Kind::Tun2socksNoOffload { workers } => format!("t2s-off w{workers}{mtu}"),
+        Kind::Tun2socksNormalPriority { workers } => format!("t2s-nrm w{workers}{mtu}"),
         Kind::Tun2socksXdp { workers } => format!("xdp w{workers}{mtu}"),
         Kind::Tun2proxy => format!("t2p{mtu}"),
     }
