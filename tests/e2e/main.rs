@@ -24,4 +24,5 @@ mod route_loop; // 7. a routed prefix containing the proxy
 mod router_mode; // issue 4: --device xdp://IFACE on a router's LAN interface
 mod teardown; // 6. the namespace is as before after SIGTERM/SIGINT
 mod transfer; // 2. 32 parallel verified transfers on two workers
+mod tun_gateway; // TUN mode as a LAN gateway: forwarded traffic, GSO out to a NIC without offloads, bad checksums in
 mod udp; // issue 3: 1. UDP echo, 2. endpoint-independent mapping, 5. session bounds

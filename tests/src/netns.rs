@@ -57,15 +57,61 @@ impl Netns {
     /// namespace). A veth standing in for a wire needs it: with offload on,
     /// its frames carry partial checksums that a real wire never would.
     pub fn disable_tx_checksum_offload(&self, dev: &str) -> Result<()> {
-        let path = format!("/run/netns/{}", self.name);
         let dev = dev.to_owned();
+        self.in_thread(move || ethtool_set(&dev, ETHTOOL_STXCSUM, 0))
+    }
+
+    /// `ethtool -K DEV gso off tso off tx off` inside the namespace (legacy
+    /// ioctls, as above), then reads the three back and fails unless all are
+    /// off. What the device transmits then has to be segmented and
+    /// checksummed by the kernel in software first, as for a NIC without
+    /// offloads.
+    pub fn disable_tx_offloads(&self, dev: &str) -> Result<()> {
+        let dev = dev.to_owned();
+        self.in_thread(move || {
+            // Checksum last: the kernel drops TSO by itself once it is off,
+            // but GSO (software) stays until asked.
+            for (set, get, what) in [
+                (ETHTOOL_SGSO, ETHTOOL_GGSO, "gso"),
+                (ETHTOOL_STSO, ETHTOOL_GTSO, "tso"),
+                (ETHTOOL_STXCSUM, ETHTOOL_GTXCSUM, "tx-checksumming"),
+            ] {
+                ethtool_set(&dev, set, 0).with_context(|| format!("{what} off"))?;
+                let now = ethtool_get(&dev, get).with_context(|| format!("reading {what}"))?;
+                if now != 0 {
+                    bail!("{what} of {dev} is still on after turning it off");
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `ethtool -K DEV gro on` inside the namespace (legacy ioctl, read
+    /// back). On a veth it also turns on NAPI on the receive side, so the
+    /// frames its peer sends are merged (and their checksums verified) by
+    /// GRO, as a NIC's driver does.
+    pub fn enable_gro(&self, dev: &str) -> Result<()> {
+        let dev = dev.to_owned();
+        self.in_thread(move || {
+            ethtool_set(&dev, ETHTOOL_SGRO, 1).context("gro on")?;
+            if ethtool_get(&dev, ETHTOOL_GGRO).context("reading gro")? == 0 {
+                bail!("gro of {dev} is still off after turning it on");
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` on a thread that joined this namespace (for ioctls that act
+    /// on the caller's namespace).
+    fn in_thread(&self, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+        let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || -> Result<()> {
             let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
             // SAFETY: setns on this thread only, with an fd we own.
             if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
                 bail!("setns {path}: {}", std::io::Error::last_os_error());
             }
-            ethtool_tx_off(&dev)
+            f()
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the ethtool thread panicked"))?
@@ -179,19 +225,34 @@ pub fn list() -> Result<Vec<String>> {
         .collect())
 }
 
-/// `ETHTOOL_STXCSUM` with 0 on `dev` in the calling thread's namespace.
-fn ethtool_tx_off(dev: &str) -> Result<()> {
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+const ETHTOOL_GTSO: u32 = 0x1e;
+const ETHTOOL_STSO: u32 = 0x1f;
+const ETHTOOL_GGSO: u32 = 0x23;
+const ETHTOOL_SGSO: u32 = 0x24;
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
+
+/// A legacy `ETHTOOL_S*` command (one `ethtool_value`) on `dev` in the
+/// calling thread's namespace.
+fn ethtool_set(dev: &str, cmd: u32, data: u32) -> Result<()> {
+    ethtool_value(dev, cmd, data).map(drop)
+}
+
+/// A legacy `ETHTOOL_G*` command: the value it reads.
+fn ethtool_get(dev: &str, cmd: u32) -> Result<u32> {
+    ethtool_value(dev, cmd, 0)
+}
+
+fn ethtool_value(dev: &str, cmd: u32, data: u32) -> Result<u32> {
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_STXCSUM: u32 = 0x17;
     #[repr(C)]
     struct EthtoolValue {
         cmd: u32,
         data: u32,
     }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
+    let mut value = EthtoolValue { cmd, data };
     // SAFETY: ifreq is plain old data; all zeroes is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().take(libc::IFNAMSIZ - 1).zip(dev.bytes()) {
@@ -199,13 +260,13 @@ fn ethtool_tx_off(dev: &str) -> Result<()> {
     }
     ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
     let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).context("a socket for the ioctl")?;
-    // SAFETY: SIOCETHTOOL reads the ifreq and the value it points to, both
-    // alive for the call.
+    // SAFETY: SIOCETHTOOL reads the ifreq and the value it points to (and
+    // for a G* command writes the value), both alive for the call.
     let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&socket), SIOCETHTOOL, &mut ifr) };
     if rc < 0 {
-        bail!("ethtool -K {dev} tx off: {}", std::io::Error::last_os_error());
+        bail!("ethtool ioctl {cmd:#x} on {dev}: {}", std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(value.data)
 }
 
 #[cfg(test)]

@@ -404,7 +404,8 @@ fn is_listening(pid: u32, proto: Proto, port: u16) -> Result<Option<()>> {
 
 /// Removes namespaces, temp dirs and `/etc/netns` dirs of labs whose
 /// creating process is gone (a test run that was killed). Only names of the
-/// lab's own pattern are touched: `t2s-<pid>-<n>[-app|-proxy|-srv]`.
+/// lab's own pattern are touched: `t2s-<pid>-<n>[-app|-proxy|-srv|-lan]`
+/// (`lan`: the client namespace that tests add behind `app`).
 fn reap_stale() {
     let owner_is_gone = |name: &str| {
         let mut parts = name.split('-');
@@ -413,7 +414,7 @@ fn reap_stale() {
         let counter_ok = parts.next().is_some_and(|c| c.parse::<u32>().is_ok());
         let suffix_ok = match parts.next() {
             None => true,
-            Some(role) => ["app", "proxy", "srv"].contains(&role) && parts.next().is_none(),
+            Some(role) => ["app", "proxy", "srv", "lan"].contains(&role) && parts.next().is_none(),
         };
         match pid {
             Some(pid) if prefix_ok && counter_ok && suffix_ok => !Path::new(&format!("/proc/{pid}")).exists(),

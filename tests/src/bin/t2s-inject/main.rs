@@ -4,6 +4,7 @@
 //! ```text
 //! t2s-inject malformed --count 1000000 --seconds 40 --v4 10.0.2.2 --v6 fd00:2::2 --open-port 9000 --closed-port 82
 //! t2s-inject syn-flood --to 10.0.2.2:9001 --count 100000 --seconds 20
+//! t2s-inject syn-flood --to 10.0.2.2:9000 --src4 192.168.60.2 --count 50 --bad-checksum
 //! ```
 //!
 //! IPv4 goes out of an `IPPROTO_RAW` socket (header included). The kernel
@@ -90,6 +91,9 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Send them with a wrong TCP checksum (flipped bits).
+        #[arg(long)]
+        bad_checksum: bool,
     },
 }
 
@@ -150,8 +154,10 @@ fn run(command: Command) -> Result<()> {
             count,
             seconds,
             seed,
+            bad_checksum,
         } => {
             let mut rng = Rng::new(seed);
+            let category = if bad_checksum { "syn-bad-checksum" } else { "syn-flood" };
             let src: IpAddr = match to.ip() {
                 IpAddr::V4(_) => src4.into(),
                 IpAddr::V6(_) => src6.into(),
@@ -159,7 +165,7 @@ fn run(command: Command) -> Result<()> {
             (
                 count,
                 seconds,
-                Box::new(move || packets::syn(&mut rng, src, to, "syn-flood")),
+                Box::new(move || packets::syn(&mut rng, src, to, !bad_checksum, category)),
             )
         }
     };

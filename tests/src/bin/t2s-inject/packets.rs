@@ -199,11 +199,12 @@ fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8], payload_len: Opt
     p
 }
 
-/// A well-formed connection request from a random port, with an MSS option.
-pub fn syn(rng: &mut Rng, src: IpAddr, to: SocketAddr, category: &'static str) -> Crafted {
+/// A connection request from a random port, with an MSS option; well-formed
+/// but for the TCP checksum when `good_checksum` is false.
+pub fn syn(rng: &mut Rng, src: IpAddr, to: SocketAddr, good_checksum: bool, category: &'static str) -> Crafted {
     let from = SocketAddr::new(src, rng.range(1024, 65_535) as u16);
     let options = [2, 4, 0x05, 0xb4]; // MSS 1460
-    let segment = tcp(rng, from, to, SYN, 6, &options, &[], true);
+    let segment = tcp(rng, from, to, SYN, 6, &options, &[], good_checksum);
     let bytes = match (src, to.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => ipv4(rng, s, d, TCP, &[], 0x4000, &segment),
         (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(s, d, TCP, &segment, None),
