@@ -18,6 +18,7 @@ use lab::process::{Process, checked_output};
 use lab::procfs::{ThreadScheduling, thread_scheduling};
 use lab::servers::dante_url;
 use lab::topology::{addr, port};
+use lab::wait::poll;
 use lab::{Daemon, Lab, Snapshot};
 
 use crate::support::{
@@ -536,17 +537,17 @@ fn threads_by_role(pid: u32) -> Result<(Vec<ThreadScheduling>, Vec<ThreadSchedul
         .partition(|t| t.name.starts_with("worker-")))
 }
 
-/// Workers run at `SCHED_FIFO` priority 1 by default (so that a packet does
-/// not wait behind other processes for its worker's core) and at ordinary
-/// priority with `--worker-priority normal`; no other thread of the daemon
-/// ever runs at real time.
+/// `--worker-priority realtime` runs the workers at `SCHED_FIFO` priority 1
+/// (so that a packet does not wait behind other processes for its worker's
+/// core), `normal` at ordinary priority, and so does the default, `auto`,
+/// while no UDP flows; no other thread of the daemon ever runs at real time.
 #[test]
-fn workers_run_at_realtime_priority_unless_told_otherwise() -> Result<()> {
+fn workers_run_at_realtime_priority_when_told() -> Result<()> {
     in_lab(|lab| {
         lab.start_dante()?;
         lab.start_http()?;
         for (extra, policy, rt_priority) in [
-            (None, SCHED_FIFO, 1),
+            (None, SCHED_OTHER, 0),
             (Some("normal"), SCHED_OTHER, 0),
             (Some("realtime"), SCHED_FIFO, 1),
         ] {
@@ -596,6 +597,55 @@ fn daemon_with_capabilities(lab: &Lab, bounding_set: &str) -> Result<Command> {
     Ok(cmd)
 }
 
+/// With `--worker-priority auto` (the default), the worker carrying a UDP
+/// flow takes real time while it flows and leaves it about a second after
+/// the last datagram.
+#[test]
+fn workers_take_real_time_while_they_carry_udp() -> Result<()> {
+    in_lab(|lab| {
+        lab.start_dante()?;
+        lab.start_http()?;
+        lab.start_udp_echo(crate::udp::t2s_udp())?;
+        let daemon = Daemon::start(lab, &dante_url(false), &["--workers", "2"])?;
+        expect_hello(lab, false)?;
+        let pid = daemon.pid();
+        let workers = |policy: u32| -> Result<Vec<ThreadScheduling>> {
+            Ok(threads_by_role(pid)?
+                .0
+                .into_iter()
+                .filter(|t| t.policy == policy)
+                .collect())
+        };
+        ensure!(workers(SCHED_FIFO)?.is_empty(), "real time before any UDP");
+        // About 3 s of echoes, one in flight at a time.
+        let to = srv(false, port::UDP_ECHO).to_string();
+        let mut cmd = lab.app().command(&crate::udp::t2s_udp().to_string_lossy());
+        cmd.args(["echo-client", "--to", &to, "--count", "20000", "--max-size", "200"])
+            .args(["--window", "1", "--timeout", "30"]);
+        let mut client = Process::spawn("udp-echo-client", cmd, &lab.log_path("udp-echo-client"))?;
+        let during = poll("a worker at real time while UDP flows", Duration::from_secs(5), || {
+            let fifo = workers(SCHED_FIFO)?;
+            Ok((!fifo.is_empty()).then_some(fifo))
+        });
+        let client_exit = client.wait_exit(Duration::from_secs(40));
+        let during = during?;
+        ensure!(during.iter().all(|t| t.rt_priority == 1), "{during:?}");
+        ensure!(client_exit?.success(), "t2s-udp echo-client failed:\n{}", client.log());
+        poll(
+            "every worker back at normal priority after the UDP flow",
+            Duration::from_secs(4),
+            || Ok(workers(SCHED_FIFO)?.is_empty().then_some(())),
+        )?;
+        let exit = daemon.stop()?;
+        expect_clean_exit(&exit, Some(2))?;
+        ensure!(
+            exit.total("udp_datagrams_out") >= 1000,
+            "the echoes did not go through the daemon"
+        );
+        Ok(())
+    })
+}
+
 /// Without CAP_SYS_NICE (nor an `RLIMIT_RTPRIO`), real time is refused: the
 /// workers say so once each and run at ordinary priority; traffic flows.
 #[test]
@@ -640,8 +690,14 @@ fn runs_with_the_units_capabilities() -> Result<()> {
         let exit = daemon.stop()?;
         expect_clean_exit(&exit, None)?;
         ensure!(
-            !workers.is_empty() && workers.iter().all(|t| t.policy == SCHED_FIFO),
+            workers.len() == 2 && !exit.log.contains("cannot run the worker at real-time priority"),
             "the unit's capabilities were not enough for real-time workers: {workers:?}\n{}",
+            exit.log
+        );
+        ensure!(
+            exit.log.contains("dropped every capability but CAP_NET_ADMIN")
+                && !exit.log.contains("could not drop capabilities"),
+            "the privilege drop failed under the unit's bounding set:\n{}",
             exit.log
         );
         ensure!(

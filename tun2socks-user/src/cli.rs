@@ -110,12 +110,14 @@ pub struct Cli {
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub tun_offload: bool,
 
-    /// How worker threads compete for their cores: realtime (SCHED_FIFO at the lowest real-time
-    /// priority: a worker runs as soon as a packet arrives instead of waiting behind other processes;
-    /// one that keeps its core over 90 % busy drops to normal priority for a second) or normal
-    /// (ordinary time sharing). realtime needs CAP_SYS_NICE or RLIMIT_RTPRIO >= 1; without them the
-    /// workers say so and run at normal priority.
-    #[arg(long, value_name = "realtime|normal", default_value = "realtime")]
+    /// How worker threads compete for their cores. realtime: SCHED_FIFO at the lowest real-time
+    /// priority, so a worker runs as soon as a packet arrives instead of waiting behind other
+    /// processes on its core (one that keeps its core over 90 % busy drops to normal priority for a
+    /// second). auto: real time only while the worker carries UDP (until 1 s after its last
+    /// datagram), normal otherwise: real time costs bulk TCP and connection rate on a busy host.
+    /// normal: ordinary time sharing. Real time needs CAP_SYS_NICE or RLIMIT_RTPRIO >= 1; without
+    /// them the workers say so and run at normal priority.
+    #[arg(long, value_name = "auto|realtime|normal", default_value = "auto")]
     pub worker_priority: WorkerPriority,
 
     /// Firewall mark on upstream sockets; marked traffic never enters the tunnel. Decimal or 0x-hex.

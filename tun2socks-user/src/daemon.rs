@@ -25,9 +25,7 @@ use crate::proxy::Upstream;
 use crate::router_mode::RouterDevice;
 use crate::setup::{self, ExistingDevice, SetupError, SetupPlan};
 use crate::steering::Steering;
-use crate::worker::{
-    self, Phase, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerPriority, WorkerSnapshot, WorkerStats,
-};
+use crate::worker::{self, Phase, StackConfig, UdpConfig, WorkerConfig, WorkerHandle, WorkerSnapshot, WorkerStats};
 use crate::{metrics, netns, notify, privileges, steering};
 
 /// How long the start-up check waits for the proxy to accept a connection.
@@ -137,7 +135,7 @@ async fn tunnel(
     // Setup is done: from here on only CAP_NET_ADMIN (marks, undo) is kept,
     // and what real-time workers need to leave their priority and take it
     // back (see worker::scheduling): the rlimit, or else CAP_SYS_NICE.
-    let keep_sys_nice = cli.worker_priority == WorkerPriority::Realtime
+    let keep_sys_nice = cli.worker_priority.uses_realtime()
         && match privileges::allow_realtime(worker::scheduling::REALTIME_PRIORITY) {
             Ok(()) => false,
             Err(e) => {

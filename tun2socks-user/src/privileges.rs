@@ -12,6 +12,7 @@
 
 use std::io;
 
+const CAP_SETPCAP: u32 = 8;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_NICE: u32 = 23;
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
@@ -48,7 +49,11 @@ pub fn drop_to_runtime_set(keep_sys_nice: bool) -> io::Result<()> {
     let held = data[0].permitted & keep;
     // The bounding set first: dropping from it needs CAP_SETPCAP, which the
     // capset below removes. Unknown (too new) capabilities give EINVAL: done.
-    for cap in 0..64 {
+    // Without CAP_SETPCAP (systemd's CapabilityBoundingSet= leaves it out)
+    // whoever started us chose the bounding set already; `no_new_privs`
+    // below keeps an exec from gaining anything outside what we keep.
+    let may_shrink_bounding_set = data[0].effective & 1 << CAP_SETPCAP != 0;
+    for cap in (0..64).take_while(|_| may_shrink_bounding_set) {
         if keep & 1u32.checked_shl(cap).unwrap_or(0) != 0 {
             continue;
         }

@@ -83,6 +83,9 @@ pub struct Shared {
     /// A relay moved its whole budget in a poll since the worker loop last
     /// looked (bulk TCP is running).
     pub relay_budget_spent: Cell<bool>,
+    /// A UDP datagram (DNS included) arrived since the worker loop last
+    /// looked (for `--worker-priority auto`).
+    pub udp_seen: Cell<bool>,
     /// The worker's port, for packets built outside smoltcp (UDP replies,
     /// DNS answers); whoever sends through it flushes it after its batch
     /// ([`Shared::flush`]), or leaves that to the next egress pass.
@@ -230,6 +233,7 @@ async fn run(
         udp_scratch: RefCell::default(),
         udp_lane: udp_lane::UdpLane::new().context("creating the worker's UDP lane")?,
         relay_budget_spent: Cell::new(false),
+        udp_seen: Cell::new(false),
         port: port.clone(),
         egress: Notify::new(),
         pipelining: Cell::default(),
@@ -237,7 +241,7 @@ async fn run(
     let mut scheduling = scheduling::Scheduling::start(config.priority);
     let mut bulk = false;
     loop {
-        if scheduling.tick() {
+        if scheduling.tick(shared.udp_seen.replace(false)) {
             shared.stack.borrow_mut().stats.realtime_demotions += 1;
         }
         let delay = shared
@@ -245,7 +249,8 @@ async fn run(
             .borrow_mut()
             .poll_delay()
             .unwrap_or(IDLE_WAKEUP)
-            .min(IDLE_WAKEUP);
+            .min(IDLE_WAKEUP)
+            .min(scheduling.next_change().unwrap_or(IDLE_WAKEUP));
         tokio::select! {
             biased;
             changed = phase.changed() => {
@@ -351,6 +356,9 @@ fn ingress(shared: &Rc<Shared>, packet: &mut [u8]) {
         Ingress::NewTcp(key) => {
             tokio::task::spawn_local(session::run(shared.clone(), key));
         }
-        Ingress::Udp { key, payload } => udp::ingress(shared, key, &packet[payload]),
+        Ingress::Udp { key, payload } => {
+            shared.udp_seen.set(true);
+            udp::ingress(shared, key, &packet[payload]);
+        }
     }
 }

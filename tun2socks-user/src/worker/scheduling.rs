@@ -10,12 +10,20 @@
 //! (every kernel thread that asks for real time still goes first), it runs
 //! as soon as it is woken.
 //!
+//! Real time has costs, measured in the same benchmark: a real-time worker
+//! preempts whatever shares its core at every wake-up, so the proxy and a
+//! sender on the same host get less done (connections/s −21 %, one upload
+//! stream −15 %, CPU per GB +10 %). So by default (`auto`) a worker takes
+//! real time only while it carries UDP (DNS included), the traffic whose
+//! latency under load is the point: from a datagram until [`UDP_HOLD`]
+//! after the last one. `realtime` keeps it always, `normal` never.
+//!
 //! Real time is a promise not to hog the core: a worker that keeps it busy
 //! for more than [`HOG_SHARE`] of a [`WINDOW`] drops to ordinary scheduling
 //! for [`COOL_DOWN`], so a flood cannot starve the host's other processes
 //! (the kernel's own limit, 95 % of every second, is far too generous for
-//! that). [`DutyCycle`] decides, without touching the system; [`Scheduling`]
-//! applies its decisions to the calling thread.
+//! that). [`DutyCycle`] and [`Policy`] decide, without touching the system;
+//! [`Scheduling`] applies their decisions to the calling thread.
 
 use std::fmt;
 use std::io;
@@ -32,22 +40,33 @@ pub const WINDOW: Duration = Duration::from_millis(50);
 pub const HOG_SHARE: f64 = 0.9;
 /// How long a worker found hogging stays at ordinary priority.
 pub const COOL_DOWN: Duration = Duration::from_secs(1);
+/// With `auto`, how long after its last UDP datagram a worker keeps real time.
+pub const UDP_HOLD: Duration = Duration::from_secs(1);
 
 /// `--worker-priority`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WorkerPriority {
-    /// `SCHED_FIFO` priority 1, with the hog guard.
+    /// Real time while the worker carries UDP (see [`UDP_HOLD`]), ordinary
+    /// time sharing otherwise.
     #[default]
+    Auto,
+    /// `SCHED_FIFO` priority 1 always, with the hog guard.
     Realtime,
     /// Ordinary time sharing (`SCHED_OTHER`), as any process.
     Normal,
 }
 
 impl WorkerPriority {
-    pub const ALL: [WorkerPriority; 2] = [WorkerPriority::Realtime, WorkerPriority::Normal];
+    pub const ALL: [WorkerPriority; 3] = [WorkerPriority::Auto, WorkerPriority::Realtime, WorkerPriority::Normal];
+
+    /// Whether the worker may ever ask for real time.
+    pub fn uses_realtime(self) -> bool {
+        self != WorkerPriority::Normal
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            WorkerPriority::Auto => "auto",
             WorkerPriority::Realtime => "realtime",
             WorkerPriority::Normal => "normal",
         }
@@ -67,7 +86,7 @@ impl FromStr for WorkerPriority {
         Self::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is neither realtime nor normal"))
+            .ok_or_else(|| format!("`{s}` is none of auto, realtime, normal"))
     }
 }
 
@@ -124,89 +143,144 @@ impl DutyCycle {
             None => Switch::Stay,
         }
     }
+
+    /// Whether a hog demotion's cool-down is running.
+    pub fn cooling_down(&self) -> bool {
+        self.demoted_at.is_some()
+    }
 }
 
-/// A worker thread's scheduling: set once at start, then kept honest by the
-/// duty cycle. Lives on the worker's own thread.
+/// Whether the worker wants real time now, from its mode and its UDP
+/// traffic (the hog guard aside).
+#[derive(Debug)]
+pub struct Policy {
+    priority: WorkerPriority,
+    last_udp: Option<Instant>,
+}
+
+impl Policy {
+    pub fn new(priority: WorkerPriority) -> Self {
+        Policy {
+            priority,
+            last_udp: None,
+        }
+    }
+
+    /// `udp`: whether a UDP datagram arrived since the last call.
+    pub fn wants_realtime(&mut self, now: Instant, udp: bool) -> bool {
+        if udp {
+            self.last_udp = Some(now);
+        }
+        match self.priority {
+            WorkerPriority::Normal => false,
+            WorkerPriority::Realtime => true,
+            WorkerPriority::Auto => self.last_udp.is_some_and(|t| now.duration_since(t) < UDP_HOLD),
+        }
+    }
+
+    /// With `auto`, how long until the hold after the last datagram ends.
+    fn hold_left(&self, now: Instant) -> Option<Duration> {
+        let last = self.last_udp.filter(|_| self.priority == WorkerPriority::Auto)?;
+        UDP_HOLD.checked_sub(now.duration_since(last))
+    }
+}
+
+/// A worker thread's scheduling, kept in line with [`Policy`] and the hog
+/// guard. Lives on the worker's own thread.
 #[derive(Debug)]
 pub struct Scheduling {
-    /// `None` when the worker runs at ordinary priority for good.
-    guard: Option<DutyCycle>,
+    policy: Policy,
+    guard: DutyCycle,
+    /// Whether the thread is at real time now.
+    realtime: bool,
+    /// False once real time was refused: the worker stays at normal priority.
+    allowed: bool,
     demotions: u64,
 }
 
 impl Scheduling {
-    /// Puts the calling thread at `priority`. Real time may be refused (no
+    /// Sets the calling thread up for `priority`: `realtime` takes real time
+    /// at once; `auto` takes it and leaves it again, to find out now (and
+    /// say so now) whether it may. Real time may be refused (no
     /// CAP_SYS_NICE and no `RLIMIT_RTPRIO`, a container's cgroup, systemd's
     /// `RestrictRealtime=`): the worker then says so and runs at ordinary
     /// priority.
     pub fn start(priority: WorkerPriority) -> Self {
-        let guard = match priority {
-            WorkerPriority::Normal => None,
-            WorkerPriority::Realtime => match set_realtime(true) {
-                Ok(()) => {
-                    debug!(
-                        priority = REALTIME_PRIORITY,
-                        "worker runs at real-time priority (SCHED_FIFO)"
-                    );
-                    Some(DutyCycle::new(Instant::now(), thread_cpu_time()))
-                }
-                Err(error) => {
-                    warn!(
-                        %error,
-                        "cannot run the worker at real-time priority; it runs at normal priority \
-                         (UDP latency under load suffers; see --worker-priority)"
-                    );
-                    None
-                }
-            },
-        };
-        Scheduling { guard, demotions: 0 }
+        let mut allowed = false;
+        if priority.uses_realtime() {
+            match set_realtime(true) {
+                Ok(()) => allowed = true,
+                Err(error) => warn!(
+                    %error,
+                    "cannot run the worker at real-time priority; it runs at normal priority \
+                     (UDP latency under load suffers; see --worker-priority)"
+                ),
+            }
+        }
+        let realtime = allowed && priority == WorkerPriority::Realtime;
+        if allowed && !realtime {
+            let _ = set_realtime(false);
+        }
+        debug!(%priority, realtime, "worker scheduling");
+        Scheduling {
+            policy: Policy::new(priority),
+            guard: DutyCycle::new(Instant::now(), thread_cpu_time()),
+            realtime,
+            allowed,
+            demotions: 0,
+        }
     }
 
-    /// Called every round of the worker loop: cheap (one clock read) except
-    /// once per [`WINDOW`]. Returns true when the worker was just demoted.
-    pub fn tick(&mut self) -> bool {
-        let Some(guard) = &mut self.guard else {
+    /// Called every round of the worker loop with whether a UDP datagram
+    /// arrived since the last round: cheap (one clock read) except once per
+    /// [`WINDOW`] and when the priority changes. Returns true when the hog
+    /// guard just took real time away.
+    pub fn tick(&mut self, udp: bool) -> bool {
+        if !self.allowed {
             return false;
-        };
+        }
         let now = Instant::now();
-        if !guard.due(now) {
-            return false;
-        }
-        match guard.observe(now, thread_cpu_time()) {
-            Switch::Stay => false,
-            Switch::Demote => {
-                if let Err(error) = set_realtime(false) {
-                    // Lowering one's own priority is always allowed; if it
-                    // fails anyway, stop guarding rather than retry forever.
-                    warn!(%error, "cannot leave real-time priority");
-                    self.guard = None;
-                    return false;
-                }
-                self.demotions += 1;
-                let pause = COOL_DOWN.as_secs_f64();
-                if self.demotions == 1 {
-                    info!(
-                        "worker kept its core over {:.0} % busy: normal priority for {pause} s (counted as realtime_demotions)",
-                        HOG_SHARE * 100.0
-                    );
-                } else {
-                    debug!(
-                        demotions = self.demotions,
-                        "worker hogged its core again: normal priority for {pause} s"
-                    );
-                }
-                true
-            }
-            Switch::Promote => {
-                if let Err(error) = set_realtime(true) {
-                    warn!(%error, "cannot return to real-time priority; the worker stays at normal priority");
-                    self.guard = None;
-                }
-                false
+        let demoted =
+            self.guard.due(now) && self.guard.observe(now, thread_cpu_time()) == Switch::Demote && self.realtime;
+        if demoted {
+            self.demotions += 1;
+            let pause = COOL_DOWN.as_secs_f64();
+            if self.demotions == 1 {
+                info!(
+                    "worker kept its core over {:.0} % busy: normal priority for {pause} s (counted as realtime_demotions)",
+                    HOG_SHARE * 100.0
+                );
+            } else {
+                debug!(
+                    demotions = self.demotions,
+                    "worker hogged its core again: normal priority for {pause} s"
+                );
             }
         }
+        let want = self.policy.wants_realtime(now, udp) && !self.guard.cooling_down();
+        if want != self.realtime {
+            if let Err(error) = set_realtime(want) {
+                // Lowering one's own priority is always allowed, so this is
+                // real time refused after all: stop asking.
+                warn!(%error, want, "cannot change the worker's priority; it stays at normal priority");
+                let _ = set_realtime(false);
+                self.allowed = false;
+                self.realtime = false;
+                return demoted;
+            }
+            self.realtime = want;
+        }
+        demoted
+    }
+
+    /// When the worker loop should come back to drop real time that `auto`
+    /// no longer wants, even if no packet wakes it (an idle real-time
+    /// thread costs nothing, but `chrt -p` should tell the truth).
+    pub fn next_change(&self) -> Option<Duration> {
+        if !self.realtime {
+            return None;
+        }
+        self.policy.hold_left(Instant::now())
     }
 }
 
@@ -251,7 +325,34 @@ mod tests {
             assert_eq!(p.to_string().parse::<WorkerPriority>(), Ok(p));
         }
         assert!("fifo".parse::<WorkerPriority>().is_err());
-        assert_eq!(WorkerPriority::default(), WorkerPriority::Realtime);
+        assert_eq!(WorkerPriority::default(), WorkerPriority::Auto);
+    }
+
+    #[test]
+    fn auto_wants_real_time_from_a_datagram_until_the_hold_has_passed() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(WorkerPriority::Auto);
+        assert!(!p.wants_realtime(t0, false));
+        assert!(p.wants_realtime(t0 + MS, true));
+        assert!(p.wants_realtime(t0 + UDP_HOLD, false));
+        assert!(!p.wants_realtime(t0 + MS + UDP_HOLD, false));
+        // Each datagram extends it.
+        assert!(p.wants_realtime(t0 + 2 * UDP_HOLD, true));
+        assert!(p.wants_realtime(t0 + 2 * UDP_HOLD + 500 * MS, false));
+    }
+
+    #[test]
+    fn realtime_and_normal_ignore_traffic() {
+        let t0 = Instant::now();
+        let (mut rt, mut normal) = (
+            Policy::new(WorkerPriority::Realtime),
+            Policy::new(WorkerPriority::Normal),
+        );
+        for (i, udp) in [false, true, false].into_iter().enumerate() {
+            let t = t0 + (i as u32) * 10 * UDP_HOLD;
+            assert!(rt.wants_realtime(t, udp));
+            assert!(!normal.wants_realtime(t, udp));
+        }
     }
 
     #[test]
@@ -272,6 +373,7 @@ mod tests {
         let mut d = DutyCycle::new(t0, 10 * MS);
         // 48 ms of CPU in a 50 ms window.
         assert_eq!(d.observe(t0 + 50 * MS, 58 * MS), Switch::Demote);
+        assert!(d.cooling_down());
         // Still hogging while demoted: stays demoted, no second demotion.
         let mut cpu = 58 * MS;
         let mut t = t0 + 50 * MS;
@@ -283,6 +385,7 @@ mod tests {
         t += WINDOW;
         cpu += WINDOW;
         assert_eq!(d.observe(t, cpu), Switch::Promote);
+        assert!(!d.cooling_down());
         // A window that still hogs demotes it again.
         assert_eq!(d.observe(t + WINDOW, cpu + WINDOW), Switch::Demote);
     }
