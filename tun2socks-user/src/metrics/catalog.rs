@@ -260,8 +260,8 @@ pub const SERIES: &[Series] = &[
     counter(
         "realtime_demotions",
         "worker_realtime_demotions",
-        "Times a worker at --worker-priority realtime kept its core over 90 % busy for 50 ms and ran at \
-         normal priority for the next second.",
+        "Times a worker at real-time priority (--worker-priority) kept its core over 90 % busy for 50 ms \
+         and ran at normal priority for the next second.",
         None,
         |s| s.stats.realtime_demotions,
     ),
