@@ -2,8 +2,8 @@
 //!
 //! A worker sleeps until a packet or a socket wakes it, then has a few
 //! microseconds of work per datagram. Under ordinary time sharing that wake-up
-//! can wait: measured with 8 downloads running (docs/BENCHMARKS.md, "Where
-//! the time goes"), a pinned worker that had used its fair share waited up to
+//! can wait: measured with 8 downloads running (docs/BENCHMARKS.md,
+//! "Real-time workers"), a pinned worker that had used its fair share waited up to
 //! 3–5 ms behind the proxy and the applications on its core, at each of the
 //! two hops a UDP round trip makes through it, while its own work took
 //! under 100 µs. At `SCHED_FIFO` priority 1, the lowest real-time priority
