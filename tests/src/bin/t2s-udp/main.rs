@@ -152,7 +152,33 @@ fn socket_for(to: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    std::net::UdpSocket::bind(any)
+    let socket = std::net::UdpSocket::bind(any)?;
+    large_receive_buffer(&socket);
+    Ok(socket)
+}
+
+/// Receive buffer of a test socket, like dante's in the lab (4 MiB): a
+/// window of sixteen 9 KB datagrams (about 256 KB of kernel memory) must not
+/// overflow the default 208 KB while the reader waits for its CPU on a busy
+/// machine. SO_RCVBUFFORCE (as root) passes `rmem_max`; best effort.
+fn large_receive_buffer(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt reads one c_int we own, on a socket we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
 }
 
 /// An IPv4-mapped IPv6 address shown as the IPv4 address it maps.

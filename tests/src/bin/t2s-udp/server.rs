@@ -20,6 +20,7 @@ pub fn run(listen: &[SocketAddr], mode: Mode) -> Result<ExitCode> {
     let mut threads = Vec::new();
     for &addr in listen {
         let socket = UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+        crate::large_receive_buffer(&socket);
         println!("listening on udp {addr}");
         threads.push(thread::spawn(move || serve(&socket, mode)));
     }
